@@ -1,0 +1,58 @@
+"The `lesionseg` console command end to end, as a user runs it (a subprocess on the installed entry point)."
+import os, subprocess, sys, json
+from pathlib import Path
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent/'shared'/'data'/'isic2018-task1-train-256x192'
+ENV = {**os.environ, 'HF_HUB_OFFLINE': '1'}
+
+def run(*args, **kw):
+    return subprocess.run(['lesionseg', *map(str, args)], capture_output=True, text=True, env={**ENV, **kw}, timeout=600)
+
+def test_help_lists_commands():
+    r = run('--help')
+    assert r.returncode == 0, r.stderr
+    for c in ('download', 'prepare', 'demo'): assert c in r.stdout
+
+def test_prepare_missing_source_is_a_clear_error(tmp_path):
+    r = run('prepare', tmp_path/'nope', tmp_path/'out')
+    assert r.returncode == 2
+    assert str(tmp_path/'nope') in r.stderr and 'Traceback' not in r.stderr
+
+def test_prepare_unpaired_image_names_the_file(tmp_path):
+    import numpy as np, cv2
+    src = tmp_path/'src'; (src/'images').mkdir(parents=True); (src/'masks').mkdir()
+    cv2.imwrite(str(src/'images'/'ISIC_0000001.jpg'), np.full((32, 32, 3), 128, np.uint8))
+    r = run('prepare', src, tmp_path/'out', '--size', 16, '--quiet')
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert 'ISIC_0000001' in r.stderr and 'Traceback' not in r.stderr
+    assert not (tmp_path/'out'/'manifest.csv').exists()
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"the shared ISIC 2018 data is not at {SHARED}")
+def test_prepare_shared_folder_gives_2098_pairs(tmp_path):
+    out = tmp_path/'prep'
+    r = run('prepare', SHARED, out, '--size', 64, '--quiet')
+    assert r.returncode == 0, r.stderr
+    m = pd.read_csv(out/'manifest.csv')
+    assert len(m) == 2098 and m['id'].is_unique
+    assert set(m['split']) <= {'train', 'valid', 'test'} and (m['split'] == 'train').mean() > 0.7
+    assert (m[['orig_height', 'orig_width']].values == [192, 256]).all()
+    assert (m[['height', 'width']].values == [64, 64]).all()
+    assert m['lesion_frac'].between(0, 1).all() and m['lesion_frac'].mean() > 0.05
+    ids = {p.stem for p in (SHARED/'images').glob('*.jpg')}
+    assert set(m['id']) == ids
+    assert len(list((out/'images').glob('*.png'))) == 2098 == len(list((out/'masks').glob('*.png')))
+    # a second run finds the work done and keeps the same manifest
+    r2 = run('prepare', SHARED, out, '--size', 64, '--quiet')
+    assert r2.returncode == 0, r2.stderr
+    pd.testing.assert_frame_equal(m, pd.read_csv(out/'manifest.csv'))
+
+def test_demo_runs_on_a_fresh_workspace(tmp_path):
+    r = run('demo', '--n', 16, '--size', 64, '--quiet', LESIONSEG_ROOT=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path/'outputs'/'demo'/'demo.json').read_text())
+    assert Path(res['figure']).stat().st_size > 1000
+    assert res['pairs'] == 16 and res['batch_images'][1:] == [3, 64, 64]
+    assert str(tmp_path) in r.stdout
