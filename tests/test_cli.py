@@ -14,7 +14,7 @@ def run(*args, **kw):
 def test_help_lists_commands():
     r = run('--help')
     assert r.returncode == 0, r.stderr
-    for c in ('download', 'prepare', 'demo'): assert c in r.stdout
+    for c in ('download', 'prepare', 'train', 'evaluate', 'demo'): assert c in r.stdout
 
 def test_prepare_missing_source_is_a_clear_error(tmp_path):
     r = run('prepare', tmp_path/'nope', tmp_path/'out')
@@ -56,3 +56,50 @@ def test_demo_runs_on_a_fresh_workspace(tmp_path):
     assert Path(res['figure']).stat().st_size > 1000
     assert res['pairs'] == 16 and res['batch_images'][1:] == [3, 64, 64]
     assert str(tmp_path) in r.stdout
+
+TINY = {'swin-upernet': '{"decoder_channels": 32, "drop_path_rate": 0.0}', 'unet': '{"arch": "resnet18"}'}
+
+def _train_eval(prepared, out, arch='swin-upernet'):
+    "`lesionseg train` (2 epochs, a small model, no download) then `lesionseg evaluate` on the test split."
+    r = run('train', '--data', prepared, '--arch', arch, '--epochs', 2, '--bs', 4, '--out', out,
+            '--no-pretrained', '--config', TINY[arch], '--quiet')
+    assert r.returncode == 0, r.stdout + r.stderr
+    for f in ('model.pth', 'metrics.json', 'history.csv'): assert (out/f).exists(), f
+    import torch
+    meta = torch.load(out/'model.pth', weights_only=True) # self-describing, no pickled objects
+    assert meta['arch'] == arch and 'state_dict' in meta
+    r = run('evaluate', '--weights', out/'model.pth', '--data', prepared, '--out', out/'eval', '--quiet')
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.loads((out/'eval'/'summary.json').read_text())
+    for k in ('dice', 'iou', 'thresholded_jaccard', 'dice_pooled', 'iou_pooled', 'n'): assert k in s, k
+    per = pd.read_csv(out/'eval'/'per_image.csv')
+    assert len(per) == s['n'] == (pd.read_csv(prepared/'manifest.csv').split == 'test').sum()
+    assert all(0 <= s[k] <= 1 for k in ('dice', 'iou', 'thresholded_jaccard', 'dice_pooled', 'iou_pooled'))
+    return s
+
+def _synthetic_prepared(tmp_path, n=40):
+    from lesionseg.data import make_synthetic
+    src = make_synthetic(tmp_path/'src', n=n, size=(72, 96), seed=1)
+    assert run('prepare', src, tmp_path/'prep', '--size', 64, '--quiet').returncode == 0
+    return tmp_path/'prep'
+
+@pytest.mark.parametrize('arch', ['swin-upernet', 'unet'])
+def test_train_then_evaluate_on_synthetic_lesions(tmp_path, arch):
+    _train_eval(_synthetic_prepared(tmp_path), tmp_path/'run', arch)
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"the shared ISIC 2018 data is not at {SHARED}")
+def test_train_then_evaluate_on_real_images_at_original_resolution(tmp_path):
+    from lesionseg.preprocessing import prepare
+    prepare(SHARED, tmp_path/'prep', size=64, limit=48, progress=False)
+    s = _train_eval(tmp_path/'prep', tmp_path/'run')
+    per = pd.read_csv(tmp_path/'run'/'eval'/'per_image.csv')
+    assert (per[['orig_height', 'orig_width']].values == [192, 256]).all() # scored at the original 256x192
+
+def test_train_rejects_a_folder_that_is_not_prepared(tmp_path):
+    r = run('train', '--data', tmp_path, '--arch', 'unet', '--epochs', 1, '--out', tmp_path/'run')
+    assert r.returncode == 2 and 'manifest.csv' in r.stderr and 'Traceback' not in r.stderr
+
+def test_evaluate_rejects_a_file_that_is_not_weights(tmp_path):
+    bad = tmp_path/'model.pth'; bad.write_text('not a weights file')
+    r = run('evaluate', '--weights', bad, '--data', _synthetic_prepared(tmp_path, n=8))
+    assert r.returncode == 2 and str(bad) in r.stderr and 'Traceback' not in r.stderr
