@@ -103,3 +103,26 @@ def test_evaluate_rejects_a_file_that_is_not_weights(tmp_path):
     bad = tmp_path/'model.pth'; bad.write_text('not a weights file')
     r = run('evaluate', '--weights', bad, '--data', _synthetic_prepared(tmp_path, n=8))
     assert r.returncode == 2 and str(bad) in r.stderr and 'Traceback' not in r.stderr
+
+def test_train_under_accelerate_with_two_processes(tmp_path):
+    "fastai's distributed training through `accelerate launch`: two CPU processes over gloo, process 0 writes the files."
+    pytest.importorskip('accelerate')
+    import shutil, torch
+    prepared = _synthetic_prepared(tmp_path)
+    cmd = ['accelerate', 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1', '--mixed_precision', 'no',
+           '--dynamo_backend', 'no', shutil.which('lesionseg'), 'train', '--data', prepared, '--arch', 'swin-upernet', '--epochs', 2,
+           '--bs', 4, '--out', tmp_path/'run', '--no-pretrained', '--config', TINY['swin-upernet'], '--quiet']
+    r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, env={**ENV, 'OMP_NUM_THREADS': '1'}, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = json.loads((tmp_path/'run'/'metrics.json').read_text())
+    assert s['processes'] == 2 and s['epochs'] == 2, s
+    hist = pd.read_csv(tmp_path/'run'/'history.csv')
+    assert list(hist.epoch) == [0, 1] # one writer: one header, one row an epoch
+    n_train = (pd.read_csv(prepared/'manifest.csv').split == 'train').sum()
+    assert s['n_train'] == n_train and s['images_per_s'] > 0
+    assert r.stdout.count('swin-upernet trained') == 1 # rank 0 reports, rank 1 stays quiet
+    import re, collections
+    bests = collections.Counter(re.findall(r'Better model found at epoch (\d+) with dice value: ([\d.]+)', r.stdout + r.stderr))
+    assert bests and set(bests.values()) == {2}, bests # both processes saw the same gathered validation Dice
+    meta = torch.load(tmp_path/'run'/'model.pth', weights_only=True)
+    assert not any(k.startswith('module.') for k in meta['state_dict']) # unwrapped from DistributedDataParallel
