@@ -14,7 +14,7 @@ def run(*args, **kw):
 def test_help_lists_commands():
     r = run('--help')
     assert r.returncode == 0, r.stderr
-    for c in ('download', 'prepare', 'train', 'evaluate', 'demo'): assert c in r.stdout
+    for c in ('download', 'prepare', 'train', 'evaluate', 'predict', 'serve', 'demo'): assert c in r.stdout
 
 def test_prepare_missing_source_is_a_clear_error(tmp_path):
     r = run('prepare', tmp_path/'nope', tmp_path/'out')
@@ -50,12 +50,18 @@ def test_prepare_shared_folder_gives_2098_pairs(tmp_path):
     pd.testing.assert_frame_equal(m, pd.read_csv(out/'manifest.csv'))
 
 def test_demo_runs_on_a_fresh_workspace(tmp_path):
-    r = run('demo', '--n', 16, '--size', 64, '--quiet', LESIONSEG_ROOT=str(tmp_path))
-    assert r.returncode == 0, r.stderr
+    "The main job, shortened: synthetic data, training, evaluation, MC Dropout and Grad-CAM, a figure and a JSON."
+    r = run('demo', '--n', 20, '--size', 64, '--epochs', 1, '--mc', 3, '--quiet', LESIONSEG_ROOT=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads((tmp_path/'outputs'/'demo'/'demo.json').read_text())
-    assert Path(res['figure']).stat().st_size > 1000
-    assert res['pairs'] == 16 and res['batch_images'][1:] == [3, 64, 64]
-    assert str(tmp_path) in r.stdout
+    assert Path(res['figure']).stat().st_size > 1000 and Path(res['weights']).is_file()
+    assert res['pairs'] == 20 and res['test']['n'] == res['splits']['test'] > 0
+    assert all(0 <= res['test'][k] <= 1 for k in ('dice', 'iou', 'thresholded_jaccard', 'dice_pooled', 'iou_pooled'))
+    assert res['shown'] and all(s['uncertainty_mean'] >= 0 for s in res['shown'])
+    assert str(tmp_path) in r.stdout and 'Dice' in r.stdout
+    # a second run reuses the finished training
+    r2 = run('demo', '--n', 20, '--size', 64, '--epochs', 1, '--mc', 3, '--quiet', LESIONSEG_ROOT=str(tmp_path))
+    assert r2.returncode == 0 and 'training finished earlier' in r2.stdout, r2.stdout + r2.stderr
 
 TINY = {'swin-upernet': '{"decoder_channels": 32, "drop_path_rate": 0.0}', 'unet': '{"arch": "resnet18"}'}
 
