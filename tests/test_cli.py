@@ -74,6 +74,7 @@ def _train_eval(prepared, out, arch='swin-upernet'):
     import torch
     meta = torch.load(out/'model.pth', weights_only=True) # self-describing, no pickled objects
     assert meta['arch'] == arch and 'state_dict' in meta
+    assert set(meta['review_threshold']) == {'deterministic', 'mc'} # calibrated on the valid split when training ended
     r = run('evaluate', '--weights', out/'model.pth', '--data', prepared, '--out', out/'eval', '--quiet')
     assert r.returncode == 0, r.stdout + r.stderr
     s = json.loads((out/'eval'/'summary.json').read_text())
@@ -132,3 +133,26 @@ def test_train_under_accelerate_with_two_processes(tmp_path):
     assert bests and set(bests.values()) == {2}, bests # both processes saw the same gathered validation Dice
     meta = torch.load(tmp_path/'run'/'model.pth', weights_only=True)
     assert not any(k.startswith('module.') for k in meta['state_dict']) # unwrapped from DistributedDataParallel
+
+def test_train_with_the_tuned_recipe_then_evaluate_with_tta_and_postprocessing(tmp_path):
+    from lesionseg.tuned import tuned_recipe
+    import torch
+    prep, out = _synthetic_prepared(tmp_path), tmp_path/'run'
+    r = run('train', '--data', prep, '--epochs', 1, '--bs', 4, '--out', out, '--no-pretrained', '--config', TINY['swin-upernet'],
+            '--recipe', 'tuned', '--quiet')
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert torch.load(out/'model.pth', weights_only=True)['summary']['recipe'] == tuned_recipe()
+    r = run('evaluate', '--weights', out/'model.pth', '--data', prep, '--out', out/'eval', '--tta', '--postprocess', '--quiet')
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.loads((out/'eval'/'summary.json').read_text())
+    assert s['tta'] is True and s['postprocess'] is True
+
+def test_train_rejects_a_bad_recipe(tmp_path):
+    r = run('train', '--data', _synthetic_prepared(tmp_path, n=8), '--epochs', 1, '--out', tmp_path/'run', '--recipe', '{"aug": "heavy"}')
+    assert r.returncode == 2 and '--recipe' in r.stderr and "'heavy'" in r.stderr and 'Traceback' not in r.stderr
+    assert not (tmp_path/'run'/'model.pth').exists()
+
+def test_serve_help_lists_its_settings():
+    r = run('serve', '--help')
+    assert r.returncode == 0, r.stderr
+    for o in ('--max-bytes', '--max-pixels', '--max-mc', '--max-queue', '--concurrency', '--device', '--torch-threads'): assert o in r.stdout, o
