@@ -16,7 +16,7 @@ the weights of its best validation epoch, and is scored by `lesionseg.evaluate.e
 image means of Dice, IoU and ISIC's thresholded Jaccard, pooled Dice and IoU. The JSON records this command, the device, the
 machine's load, each row's training seconds (the budget on an H100 is 300 s a row) and scores, and the selection.
 """
-import argparse, contextlib, json, os, platform, sys, tempfile, time
+import argparse, contextlib, json, os, sys, tempfile, time
 from pathlib import Path
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import torch
@@ -25,7 +25,7 @@ from lesionseg.learner import train
 from lesionseg.evaluate import evaluate
 from lesionseg.tuned import ABLATIONS, variant_recipe, select_tuned, train_tuned, check_recipe, baseline_recipe, ablation_table
 
-SHARED = Path(__file__).resolve().parents[2]/'shared'/'data'/'isic2018-task1-train-256x192'
+from _common import SHARED, device_defaults, load1, machine, write_json
 KEYS = ('n', 'dice', 'iou', 'thresholded_jaccard', 'dice_pooled', 'iou_pooled')
 BUDGET_S = 300 # seconds of H100 training a row may take (the goal: <= 5 minutes)
 
@@ -48,16 +48,14 @@ def main():
     ap.add_argument('--workdir', default=None, help='keep the prepared images and the trained models here (default: a temporary folder, removed)')
     ap.add_argument('--out', default=None, help='JSON path (default: bench/results/ablation_<cuda|cpu>.json)')
     a = ap.parse_args()
-    dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu'); gpu = dev.type == 'cuda'
-    for k, g, c in (('size', 256, 128), ('epochs', 30, 4), ('bs', 32, 16), ('limit', None, 480)):
-        if getattr(a, k) is None: setattr(a, k, g if gpu else c)
+    dev, gpu = device_defaults(a, (('size', 256, 128), ('epochs', 30, 4), ('bs', 32, 16), ('limit', None, 480)))
     src = Path(a.data)
     if not (src/'images').is_dir(): sys.exit(f"{src}: expected a folder with images/ and masks/ in ISIC naming (the shared ISIC 2018 folder).")
     rows = [n for n in ABLATIONS if n in a.variants] # in the table's order
     needs_base = any(ABLATIONS[n].get('retrain') is False or n == 'tuned' for n in rows)
     train_rows = [n for n in rows if ABLATIONS[n].get('retrain', True) and n != 'tuned']
     if needs_base and 'baseline' not in train_rows: train_rows.insert(0, 'baseline')
-    load0 = round(os.getloadavg()[0], 2)
+    load0 = load1()
     if a.workdir is not None: Path(a.workdir).mkdir(parents=True, exist_ok=True)
     with (tempfile.TemporaryDirectory() if a.workdir is None else contextlib.nullcontext(a.workdir)) as tmp:
         tmp = Path(tmp); prepared = tmp/'prepared'
@@ -109,11 +107,8 @@ def main():
                    reused_baseline_model=same)
             res['selection'] = dict(sel, metric='valid per-image dice')
         else: res['selection'] = dict(chosen={}, epochs_factor=None, reason='no tuned row in this run')
-    res['machine'] = dict(device=torch.cuda.get_device_name() if gpu else 'cpu', cpus=len(os.sched_getaffinity(0)),
-                          load_avg_1min_start_end=[load0, round(os.getloadavg()[0], 2)],
-                          torch=torch.__version__, python=platform.python_version())
-    out = Path(a.out or f'bench/results/ablation_{dev.type}.json'); out.parent.mkdir(parents=True, exist_ok=True)
-    t = out.with_suffix('.tmp'); t.write_text(json.dumps(res, indent=2) + '\n'); os.replace(t, out)
+    res['machine'] = machine(gpu, load0)
+    out = write_json(a.out or f'bench/results/ablation_{dev.type}.json', res)
     print(ablation_table(res).round(4).to_string())
     print('wrote', out)
 

@@ -13,7 +13,7 @@ is scored at each image's original resolution (256x192) on the test split: per-i
 thresholded Jaccard, and the pooled Dice and IoU. The JSON records the training seconds (the budget on an H100 is
 300 s), the images, the machine and this command.
 """
-import argparse, json, os, platform, sys, tempfile, time
+import argparse, json, os, sys, tempfile, time
 from pathlib import Path
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import torch
@@ -21,7 +21,7 @@ from lesionseg.preprocessing import prepare
 from lesionseg.learner import train
 from lesionseg.evaluate import evaluate
 
-SHARED = Path(__file__).resolve().parents[2]/'shared'/'data'/'isic2018-task1-train-256x192'
+from _common import SHARED, device_defaults, load1, machine, write_json
 CONFIGS = {'swin-upernet': {}, 'unet': {'arch': 'resnet34'}}
 KEYS = ('n', 'dice', 'iou', 'thresholded_jaccard', 'dice_pooled', 'iou_pooled')
 
@@ -37,12 +37,10 @@ def main():
     ap.add_argument('--seed', type=int, default=42)
     ap.add_argument('--out', default=None, help='JSON path (default: bench/results/quality_<cuda|cpu>.json)')
     a = ap.parse_args()
-    dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu'); gpu = dev.type == 'cuda'
-    for k, g, c in (('size', 256, 128), ('epochs', 60, 4), ('bs', 32, 16), ('limit', None, 480)):
-        if getattr(a, k) is None: setattr(a, k, g if gpu else c)
+    dev, gpu = device_defaults(a, (('size', 256, 128), ('epochs', 60, 4), ('bs', 32, 16), ('limit', None, 480)))
     src = Path(a.data)
     if not (src/'images').is_dir(): sys.exit(f"{src}: expected a folder with images/ and masks/ in ISIC naming (the shared ISIC 2018 folder).")
-    load0 = round(os.getloadavg()[0], 2)
+    load0 = load1()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp); prepared = tmp/'prepared'
         m = prepare(src, prepared, size=a.size, limit=a.limit, progress=False)
@@ -60,11 +58,8 @@ def main():
                                        test={k: (round(ev[k], 4) if isinstance(ev[k], float) else ev[k]) for k in KEYS},
                                        wall_seconds=round(time.time() - t0, 1))
             print(arch, json.dumps(res['models'][arch]), flush=True)
-    res['machine'] = dict(device=torch.cuda.get_device_name() if gpu else 'cpu', cpus=len(os.sched_getaffinity(0)),
-                          load_avg_1min_start_end=[load0, round(os.getloadavg()[0], 2)],
-                          torch=torch.__version__, python=platform.python_version())
-    out = Path(a.out or f'bench/results/quality_{dev.type}.json'); out.parent.mkdir(parents=True, exist_ok=True)
-    t = out.with_suffix('.tmp'); t.write_text(json.dumps(res, indent=2) + '\n'); os.replace(t, out)
+    res['machine'] = machine(gpu, load0)
+    write_json(a.out or f'bench/results/quality_{dev.type}.json', res)
     print(json.dumps(res, indent=2))
 
 if __name__ == '__main__': main()

@@ -12,7 +12,7 @@ Learner is `seg_learner(dls, model).fit_one_cycle(...)` with its default callbac
 timed over --steps batches after --warmup batches, inside one epoch, in --rounds interleaved rounds (median).
 Images/s = steps * bs / seconds. Writes a JSON (--out) with both rates, their ratio and the machine.
 """
-import argparse, json, os, platform, statistics, sys, tempfile, time, warnings
+import argparse, json, os, statistics, sys, tempfile, time, warnings
 from pathlib import Path
 os.environ.setdefault('HF_HUB_OFFLINE', '1') # no pretrained weights are needed to time training
 import torch, numpy as np
@@ -23,7 +23,7 @@ from lesionseg.data import get_dls
 from lesionseg.learner import seg_learner, build_model
 from lesionseg.metrics import DiceBCELoss
 
-SHARED = Path(__file__).resolve().parents[2]/'shared'/'data'/'isic2018-task1-train-256x192'
+from _common import SHARED, device_defaults, load1, machine, write_json
 CONFIGS = {'swin-upernet': dict(pretrained=False), 'unet': dict(pretrained=False, arch='resnet34')}
 
 def sync(dev):
@@ -81,12 +81,10 @@ def main():
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--out', default=None, help='JSON path (default: bench/results/train_throughput_<cuda|cpu>.json)')
     a = ap.parse_args()
-    dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu'); gpu = dev.type == 'cuda'
-    for k, g, c in (('size', 256, 128), ('bs', 64, 8), ('steps', 40, 8), ('warmup', 8, 2), ('rounds', 3, 2)):
-        if getattr(a, k) is None: setattr(a, k, g if gpu else c)
+    dev, gpu = device_defaults(a, (('size', 256, 128), ('bs', 64, 8), ('steps', 40, 8), ('warmup', 8, 2), ('rounds', 3, 2)))
     if a.workers is None: a.workers = min(16, len(os.sched_getaffinity(0)))
     if gpu: torch.backends.cudnn.benchmark = True
-    load0 = round(os.getloadavg()[0], 2)
+    load0 = load1()
     tmp = tempfile.TemporaryDirectory()
     src = Path(a.data)
     prepared = src if (src/'manifest.csv').exists() else Path(tmp.name)/'prepared'
@@ -106,11 +104,8 @@ def main():
         p, l = statistics.median(r['plain']), statistics.median(r['learner'])
         res['models'][arch] = dict(plain_img_per_s=p, learner_img_per_s=l, learner_over_plain=round(l/p, 3),
                                    plain_rounds=r['plain'], learner_rounds=r['learner'])
-    res['machine'] = dict(device=torch.cuda.get_device_name() if gpu else 'cpu', cpus=len(os.sched_getaffinity(0)),
-                          load_avg_1min_start_end=[load0, round(os.getloadavg()[0], 2)], # other work on the machine shows here
-                          torch=torch.__version__, python=platform.python_version(), processor=platform.processor())
-    out = Path(a.out or f'bench/results/train_throughput_{dev.type}.json'); out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix('.tmp'); tmp_out.write_text(json.dumps(res, indent=2) + '\n'); os.replace(tmp_out, out)
+    res['machine'] = machine(gpu, load0)
+    write_json(a.out or f'bench/results/train_throughput_{dev.type}.json', res)
     print(json.dumps(res, indent=2)); tmp.cleanup()
 
 if __name__ == '__main__': main()
