@@ -53,9 +53,10 @@ def _train(args):
     try: config = json.loads(args.config) if args.config else None
     except json.JSONDecodeError as e: raise UserError(f"--config: not valid JSON ({e}): {args.config!r}")
     if config is not None and not isinstance(config, dict): raise UserError(f"--config: expected a JSON object, got {args.config!r}")
+    if args.budget is not None and not args.budget > 0: raise UserError(f"--budget {args.budget}: expected a positive number of minutes.")
     kw = dict(arch=args.arch, config=config, epochs=args.epochs, size=args.size, bs=args.bs, lr=args.lr, out=args.out, seed=args.seed,
               pretrained=not args.no_pretrained, num_workers=args.workers, patience=args.patience or None, resume=not args.no_resume,
-              progress=not args.quiet)
+              progress=not args.quiet, budget=None if args.budget is None else 60*args.budget)
     if args.recipe is None: res = train(data, **kw)
     else: # lesson 04's recipes: 'tuned', 'baseline', or one written out as JSON
         from lesionseg.tuned import train_tuned, tuned_recipe, baseline_recipe, check_recipe
@@ -290,7 +291,9 @@ def _parser():
     t = sub.add_parser('train', help='train a model on a prepared folder (resumes after an interruption)')
     t.add_argument('--data', required=True, help='prepared folder (from `lesionseg prepare`)')
     t.add_argument('--arch', default='swin-upernet', choices=['swin-upernet', 'unet'])
-    t.add_argument('--epochs', type=int, default=10)
+    t.add_argument('--epochs', type=int, default=None, help='epochs of the one cycle (default 10; with --budget the most, default 100)')
+    t.add_argument('--budget', type=float, default=None, metavar='MINUTES',
+                   help='fit the one cycle into this many minutes of training and validation (the epochs that fit, measured)')
     t.add_argument('--size', type=int, default=None, help='train at this side (default: the prepared size)')
     t.add_argument('--bs', type=int, default=16, help='batch size (default 16)')
     t.add_argument('--lr', type=float, default=None, help='peak learning rate (default: 1e-3)')

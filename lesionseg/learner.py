@@ -15,8 +15,8 @@ from fastcore.foundation import L
 with warnings.catch_warnings(): # fastai 2.8.7 still calls torch.jit.script, which torch 2.14 deprecates
     warnings.simplefilter('ignore', FutureWarning)
     from fastai.learner import Learner
-    from fastai.callback.core import Callback
-    from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (patches Learner.fit_one_cycle)
+    from fastai.callback.core import Callback, CancelFitException, CancelTrainException
+    from fastai.callback.schedule import fit_one_cycle, ParamScheduler  # fit_one_cycle patches Learner.fit_one_cycle
     from fastai.callback.fp16 import MixedPrecision, AMPMode
     from fastai.callback.channelslast import ChannelsLast
     from fastai.callback.progress import CSVLogger
@@ -31,7 +31,7 @@ from .workspace import get_device
 
 # %% auto #0
 __all__ = ['WEIGHTS_FORMAT', 'WEIGHTS_VERSION', 'CHECKPOINT_FORMAT', 'ARCHS', 'seg_learner', 'build_model', 'save_weights',
-           'load_weights', 'CheckpointCallback', 'train']
+           'load_weights', 'CheckpointCallback', 'TimeBudget', 'train']
 
 # %% ../nbs/01c_learner.ipynb #4b91480a
 def _default_splitter(model:nn.Module):
@@ -246,7 +246,7 @@ class CheckpointCallback(Callback):
         if tr is not None and getattr(tr, 'new_best', False): self.best_epoch = self.epoch
         state = dict(format=CHECKPOINT_FORMAT, format_version=1, **_plain(self.meta), epoch=self.epoch, n_epoch=self.n_epoch,
                      best=_plain(tr.best) if tr is not None else None, best_epoch=self.best_epoch, monitor=getattr(tr, 'monitor', None),
-                     seconds=self.seconds, images=self.images,
+                     seconds=self.seconds, images=self.images, budget_epochs=getattr(getattr(self.learn, 'time_budget', None), 'planned', None),
                      model={k: v.detach().cpu() for k, v in getattr(self.learn.model, 'module', self.learn.model).state_dict().items()}, # unwrapped from DDP
                      opt=_plain(self.learn.opt.state_dict()))
         _atomic(self.fname, lambda tmp: torch.save(state, tmp))
@@ -290,6 +290,46 @@ class _SaveBest(_Restored, SaveModelCallback):
         self.last_saved_path = tmp.with_name(f'{name}.pth')
 
 class _EarlyStop(_Restored, EarlyStoppingCallback): "`EarlyStoppingCallback` that can start from a checkpoint's best score and wait."
+
+# %% ../nbs/01c_learner.ipynb #18a59a70
+class TimeBudget(Callback):
+    "Fit the one-cycle schedule into `seconds`: plan the whole epochs that fit from the measured ones, schedule over them, stop there."
+    order = ParamScheduler.order - 1 # sets `pct_train` just before the scheduler reads it
+    def __init__(self,
+        seconds:float, # the budget: training and validation of every epoch, earlier runs included
+        spent:float=0., # seconds used by earlier runs of the same training (when resuming)
+        done:int=0, # epochs finished by those runs
+        clock=time.perf_counter, # a function giving seconds (tests pass a fake one)
+    ):
+        if not (isinstance(seconds, (int, float)) and seconds > 0): raise ValueError(f"TimeBudget: seconds={seconds!r}; expected a positive number of seconds.")
+        self.seconds, self.spent, self.done, self.clock = float(seconds), float(spent), int(done), clock
+        self.planned = None # whole epochs that fit: unknown until one epoch was timed
+
+    def _plan(self) -> int:
+        per = self.spent/self.done # mean seconds an epoch
+        return max(self.done, min(self.n_epoch, int(self.seconds/per))) if self.spent < self.seconds else self.done
+
+    def before_fit(self):
+        if num_distrib() > 1: raise ValueError("TimeBudget: each of the processes would time its own epochs and could stop at another one; "
+                                               "with several processes pass a number of epochs instead of a time budget.")
+        self.planned = self._plan() if self.done else None
+
+    def before_epoch(self):
+        if self.planned is not None and self.epoch >= self.planned: raise CancelFitException() # after the last planned epoch's checkpoint
+        self._t0 = self.clock()
+
+    def before_batch(self):
+        if not self.training: return
+        used = self.spent + self.clock() - self._t0
+        if used >= self.seconds: raise CancelTrainException() # out of time: validate this epoch, then stop
+        pct = used/self.seconds if self.planned is None else (self.epoch + self.iter/self.n_iter)/self.planned
+        self.learn.pct_train = min(pct, 1.)
+
+    def after_epoch(self):
+        self.spent += self.clock() - self._t0
+        self.done = self.epoch + 1
+        self.planned = self._plan()
+
 
 # %% ../nbs/01c_learner.ipynb #cc49c4bd
 def _prepared_size(data:Path) -> tuple[int, int]:
@@ -364,7 +404,7 @@ def _distributed(learn:Learner, world:int, dev) -> contextlib.AbstractContextMan
 def train(
     data:str|Path, # a prepared folder (`lesionseg.preprocessing.prepare`)
     arch:str='swin-upernet', # 'swin-upernet' or 'unet'
-    epochs:int=10, # length of the one cycle
+    epochs:int|None=None, # length of the one cycle; None: 10, or at most 100 with a `budget`
     size=None, # train at this side or (h, w); None: the prepared size
     bs:int=16, # batch size
     lr:float|slice|None=None, # peak learning rate; None: 1e-3, or slice(1e-4, 1e-3) with a pretrained encoder
@@ -382,11 +422,18 @@ def train(
     loss_func=None, # the loss; None: `DiceBCELoss()` (lesson 01b)
     recipe:dict|None=None, # plain values saying how `aug` and `loss_func` were made (lesson 04), kept in the checkpoint and weights
     calibrate:bool=True, # choose the review thresholds on the validation images and store them in model.pth (lesson 04a)
+    budget:float|None=None, # seconds for the whole fit (training and validation, across resumes): `TimeBudget`; `epochs` is then the most
 ) -> dict: # the summary also written to out/metrics.json and stored in model.pth
     "Train a segmentation model with fastai's one-cycle policy, checkpointing every epoch; rerun to resume."
     data, out, dev = Path(data), Path(out), get_device(device)
     rec = _recipe(recipe, aug, loss_func)
     world, rank = num_distrib(), rank_distrib() # several processes under `accelerate launch` (or torchrun); else 0, 0
+    if budget is not None:
+        if not (isinstance(budget, (int, float)) and budget > 0): raise ValueError(f"train: budget={budget!r}; expected a positive number of seconds, or None.")
+        if world > 1: raise ValueError(f"train: budget={budget} with {world} processes: each would time its own epochs and could stop at "
+                                       "another one; pass a number of epochs instead.")
+        budget = float(budget)
+    if epochs is None: epochs = 10 if budget is None else 100
     if world > 1 and dev.type == 'cuda': dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', rank))); torch.cuda.set_device(dev)
     out.mkdir(parents=True, exist_ok=True)
     ck_p, hist_p, w_p, m_p = out/'checkpoint.pth', out/'history.csv', out/'model.pth', out/'metrics.json'
@@ -395,13 +442,14 @@ def train(
     img_size = hw[0] if hw[0] == hw[1] else list(hw)
     ck = _read_checkpoint(ck_p, dev) if resume and ck_p.exists() else None
     if ck is not None:
-        if (ck['arch'], ck['epochs'], ck['size'], ck.get('recipe')) != (arch, epochs, list(hw), rec):
+        if (ck['arch'], ck['epochs'], ck['size'], ck.get('recipe'), ck.get('budget')) != (arch, epochs, list(hw), rec, budget):
             raise ValueError(f"{ck_p}: a checkpoint of a run with arch={ck['arch']!r}, epochs={ck['epochs']}, size={ck['size']}, "
-                             f"recipe={ck.get('recipe')}; this call asks for arch={arch!r}, epochs={epochs}, size={list(hw)}, recipe={rec}. "
+                             f"recipe={ck.get('recipe')}, budget={ck.get('budget')}; this call asks for arch={arch!r}, epochs={epochs}, "
+                             f"size={list(hw)}, recipe={rec}, budget={budget}. "
                              "Pass resume=False to start over, or another `out`.")
         cfg, lr = {**ck['config'], 'pretrained': False}, (slice(*ck['lr']) if isinstance(ck['lr'], list) else ck['lr'])
         start = ck['epoch'] + 1
-        done = start >= epochs or (patience is not None and ck['epoch'] - ck['best_epoch'] >= patience)
+        done = start >= (ck.get('budget_epochs') or epochs) or (patience is not None and ck['epoch'] - ck['best_epoch'] >= patience)
         if done and w_p.exists() and m_p.exists():
             print(f"{out}: training finished earlier (epoch {ck['epoch'] + 1} of {epochs}); returning its summary. Pass resume=False to train again.")
             return json.loads(m_p.read_text())
@@ -415,7 +463,7 @@ def train(
     model = build_model(arch, cfg)
     if lr is None: lr = slice(1e-4, 1e-3) if _is_pretrained(model) else 1e-3
     learn = seg_learner(dls, model, loss_func=loss_func, path=out, model_dir='.')
-    meta = dict(arch=arch, config={**model.config, 'pretrained': False}, epochs=epochs, size=list(hw), lr=lr, bs=bs, seed=seed, recipe=rec)
+    meta = dict(arch=arch, config={**model.config, 'pretrained': False}, epochs=epochs, size=list(hw), lr=lr, bs=bs, seed=seed, recipe=rec, budget=budget)
     if ck is not None:
         learn.model.load_state_dict(ck['model'])
         learn.create_opt(); learn.opt.load_state_dict(ck['opt'])
@@ -428,6 +476,7 @@ def train(
         if patience is not None: fit_cbs.append(_EarlyStop(monitor='dice', comp=np.greater, patience=patience, best=best,
                                                             wait=ck['epoch'] - ck['best_epoch'] if ck else 0))
         if start: fit_cbs.append(_SkipQuietly(start))
+        if budget is not None: fit_cbs.append(TimeBudget(budget, *((ck['seconds'], start) if ck else ())))
         if not progress: learn.logger = partial(_print_epoch, learn)
         with (nullcontext() if progress else learn.no_bar()), _distributed(learn, world, dev):
             learn.fit_one_cycle(epochs, lr_max=lr, start_epoch=start, cbs=fit_cbs + list(L(cbs)))
@@ -435,7 +484,7 @@ def train(
         ck = torch.load(ck_p, map_location='cpu', weights_only=True) # its counters, as last written
     elif (out/'best.pth').exists(): learn.load('best', with_opt=False) # finished, but model.pth or metrics.json not written
     else: learn.model.load_state_dict(_read_torch(w_p)['state_dict'])
-    summary = _summary(out, ck, arch=arch, epochs_planned=epochs, resumed_from=start or None, device=str(dev), processes=max(world, 1),
+    summary = _summary(out, ck, arch=arch, epochs_planned=ck.get('budget_epochs') or epochs, budget_seconds=budget, resumed_from=start or None, device=str(dev), processes=max(world, 1),
                        data=str(data.absolute()), n_train=len(dls.train_ds), n_valid=len(dls.valid_ds), size=list(hw), bs=bs,
                        lr=_plain(lr), seed=seed, recipe=rec, weights=str(w_p))
     save_weights(w_p, learn, arch, hw, summary=summary)

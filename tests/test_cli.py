@@ -147,6 +147,20 @@ def test_train_with_the_tuned_recipe_then_evaluate_with_tta_and_postprocessing(t
     s = json.loads((out/'eval'/'summary.json').read_text())
     assert s['tta'] is True and s['postprocess'] is True
 
+def test_train_in_a_time_budget(tmp_path):
+    "`--budget` (minutes) ends the fit by itself, after the whole epochs that fit, and says so in metrics.json."
+    prep, out = _synthetic_prepared(tmp_path), tmp_path/'run'
+    r = run('train', '--data', prep, '--budget', 0.1, '--bs', 4, '--out', out, '--no-pretrained', '--config', TINY['swin-upernet'],
+            '--patience', 0, '--recipe', 'tuned', '--quiet')
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = json.loads((out/'metrics.json').read_text())
+    assert m['budget_seconds'] == 6.0 and m['recipe']['loss']['dice_weight'] == 2.0
+    assert 1 <= m['epochs'] == len(pd.read_csv(out/'history.csv')) <= m['epochs_planned'] < 100, m
+    per_epoch = m['seconds']/m['epochs']
+    assert m['seconds'] <= 6.0 + 2*per_epoch, m # the budget, plus at most one batch and one validation
+    r = run('train', '--data', prep, '--budget', 0, '--out', tmp_path/'run0')
+    assert r.returncode == 2 and '--budget 0' in r.stderr and 'Traceback' not in r.stderr
+
 def test_train_rejects_a_bad_recipe(tmp_path):
     r = run('train', '--data', _synthetic_prepared(tmp_path, n=8), '--epochs', 1, '--out', tmp_path/'run', '--recipe', '{"aug": "heavy"}')
     assert r.returncode == 2 and '--recipe' in r.stderr and "'heavy'" in r.stderr and 'Traceback' not in r.stderr
