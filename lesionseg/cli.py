@@ -36,7 +36,8 @@ def _prepare(args):
     src, out = Path(args.src), Path(args.out)
     if not src.exists(): raise UserError(f"Source folder {src} does not exist: expected a folder with images/ and masks/ "
                                          "(ISIC naming) or the official ISIC 2018 archives.")
-    m = prepare(src, out, size=args.size, workers=args.workers,
+    if args.limit is not None and args.limit < 1: raise UserError(f"--limit {args.limit}: expected a positive number of pairs.")
+    m = prepare(src, out, size=args.size, workers=args.workers, limit=args.limit,
                 on_error='skip' if args.skip_bad else 'raise', progress=not args.quiet)
     counts = m['split'].value_counts().to_dict()
     print(f"{len(m)} pairs -> {out/'manifest.csv'} (" + ', '.join(f"{k}: {v}" for k, v in sorted(counts.items())) + ")")
@@ -56,7 +57,8 @@ def _train(args):
     if args.budget is not None and not args.budget > 0: raise UserError(f"--budget {args.budget}: expected a positive number of minutes.")
     kw = dict(arch=args.arch, config=config, epochs=args.epochs, size=args.size, bs=args.bs, lr=args.lr, out=args.out, seed=args.seed,
               pretrained=not args.no_pretrained, num_workers=args.workers, patience=args.patience or None, resume=not args.no_resume,
-              progress=not args.quiet, budget=None if args.budget is None else 60*args.budget)
+              progress=not args.quiet, budget=None if args.budget is None else 60*args.budget,
+              fp16={'auto': None, 'fp32': False, 'bf16': 'bf16', 'fp16': 'fp16'}[args.precision])
     if args.recipe is None: res = train(data, **kw)
     else: # lesson 04's recipes: 'tuned', 'baseline', or one written out as JSON
         from lesionseg.tuned import train_tuned, tuned_recipe, baseline_recipe, check_recipe
@@ -285,15 +287,18 @@ def _parser():
     q.add_argument('out', help='output folder (images/, masks/, manifest.csv)')
     q.add_argument('--size', type=int, default=256, help='side of the square output images (default 256)')
     q.add_argument('--workers', type=int, default=None, help='parallel workers (default: number of CPUs)')
+    q.add_argument('--limit', type=int, default=None, help='the first N pairs by ISIC id only (a quick look; default: all)')
     q.add_argument('--skip-bad', action='store_true', help='skip bad pairs, listed in OUT/skipped.csv, instead of stopping')
     q.add_argument('--quiet', action='store_true', help='no progress bar')
     q.set_defaults(func=_prepare)
     t = sub.add_parser('train', help='train a model on a prepared folder (resumes after an interruption)')
     t.add_argument('--data', required=True, help='prepared folder (from `lesionseg prepare`)')
     t.add_argument('--arch', default='swin-upernet', choices=['swin-upernet', 'unet'])
-    t.add_argument('--epochs', type=int, default=None, help='epochs of the one cycle (default 10; with --budget the most, default 100)')
+    t.add_argument('--epochs', type=int, default=None, help='epochs of the one cycle (default 10; with --budget the most, default 1000)')
     t.add_argument('--budget', type=float, default=None, metavar='MINUTES',
                    help='fit the one cycle into this many minutes of training and validation (the epochs that fit, measured)')
+    t.add_argument('--precision', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'],
+                   help="auto: mixed precision on a GPU (bf16 where supported), fp32 on a CPU; bf16 also on a CPU with native bfloat16")
     t.add_argument('--size', type=int, default=None, help='train at this side (default: the prepared size)')
     t.add_argument('--bs', type=int, default=16, help='batch size (default 16)')
     t.add_argument('--lr', type=float, default=None, help='peak learning rate (default: 1e-3)')

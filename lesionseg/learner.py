@@ -30,8 +30,8 @@ from .data import get_dls, read_prepared
 from .workspace import get_device
 
 # %% auto #0
-__all__ = ['WEIGHTS_FORMAT', 'WEIGHTS_VERSION', 'CHECKPOINT_FORMAT', 'ARCHS', 'seg_learner', 'build_model', 'save_weights',
-           'load_weights', 'CheckpointCallback', 'TimeBudget', 'train']
+__all__ = ['WEIGHTS_FORMAT', 'WEIGHTS_VERSION', 'CHECKPOINT_FORMAT', 'ARCHS', 'cpu_bf16_supported', 'CPUMixedPrecision',
+           'seg_learner', 'build_model', 'save_weights', 'load_weights', 'CheckpointCallback', 'TimeBudget', 'train']
 
 # %% ../nbs/01c_learner.ipynb #4b91480a
 def _default_splitter(model:nn.Module):
@@ -41,12 +41,29 @@ def _default_splitter(model:nn.Module):
     if unet is not None and isinstance(model, unet.UNet): return unet.unet_splitter
     return trainable_params
 
+def cpu_bf16_supported() -> bool:
+    "Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 autocast speeds training up."
+    try: ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) # oneDNN's bf16 kernels (it also says yes to emulation on AVX512)
+    except Exception: return False
+    try: flags = Path('/proc/cpuinfo').read_text()
+    except OSError: return ok # not Linux: trust oneDNN
+    return ok and any(f in flags for f in (' avx512_bf16', ' amx_bf16'))
+
+class CPUMixedPrecision(MixedPrecision):
+    "fastai's `MixedPrecision` in bfloat16 on the CPU (fastai's own autocasts on CUDA only); no loss scaling: bf16 has fp32's range."
+    def __init__(self): super().__init__(amp_mode=AMPMode.BF16)
+    def before_fit(self):
+        super().before_fit() # bf16: fastai's GradScaler is disabled, a no-op
+        self.autocast = torch.autocast('cpu', dtype=torch.bfloat16)
+
 def _amp_mode(fp16, device:torch.device) -> str|None:
-    "'bf16', 'fp16' or None: `fp16=None` means mixed precision on CUDA (bf16 where the GPU supports it)."
+    "'bf16', 'fp16' or None: `fp16=None` means mixed precision on CUDA (bf16 where the GPU supports it); on a CPU only bf16, asked for."
     if fp16 is None: fp16 = device.type == 'cuda'
     if not fp16: return None
     if device.type != 'cuda':
-        warnings.warn(f"fp16={fp16!r}: mixed precision needs a CUDA GPU, and the batches go to {device}; training in fp32.")
+        if fp16 in (True, 'bf16') and device.type == 'cpu' and cpu_bf16_supported(): return 'bf16'
+        warnings.warn(f"fp16={fp16!r}: mixed precision needs a CUDA GPU, or 'bf16' on a CPU with native bfloat16 (AVX512-BF16, AMX), "
+                      f"and the batches go to {device}{' (no native bfloat16)' if device.type == 'cpu' else ''}; training in fp32.")
         return None
     if fp16 is True: return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
     return AMPMode(fp16).value
@@ -58,7 +75,7 @@ def seg_learner(
     metrics=None, # default `seg_metrics()`: dice, iou (per image), dice_pooled, iou_pooled
     splitter=None, # parameter groups for freezing and discriminative LRs; default: the model's own
     wd:float=1e-2, # weight decay (decoupled: AdamW)
-    fp16:bool|str|None=None, # mixed precision: None = on CUDA; True = bf16 if supported else fp16; 'fp16', 'bf16'; False
+    fp16:bool|str|None=None, # mixed precision: None = on CUDA; True = bf16 if supported else fp16; 'fp16', 'bf16' (also on a bf16 CPU); False
     channels_last:bool|None=None, # channels-last memory: None = on CUDA
     path=None, # where `learn.save` and the loggers write (default: the data's folder)
     cbs=None, # more callbacks
@@ -71,7 +88,7 @@ def seg_learner(
                     metrics=seg_metrics() if metrics is None else metrics,
                     splitter=splitter or _default_splitter(model), wd=wd, path=path, cbs=cbs, **kwargs)
     if dev.type == 'cuda' if channels_last is None else channels_last: learn.add_cb(ChannelsLast())
-    if mode := _amp_mode(fp16, dev): learn.add_cb(MixedPrecision(amp_mode=mode))
+    if mode := _amp_mode(fp16, dev): learn.add_cb(MixedPrecision(amp_mode=mode) if dev.type == 'cuda' else CPUMixedPrecision())
     return learn
 
 # %% ../nbs/01c_learner.ipynb #df22272e
@@ -237,6 +254,10 @@ class CheckpointCallback(Callback):
         trs = [c for c in self.learn.cbs if isinstance(c, SaveModelCallback)] or [c for c in self.learn.cbs if isinstance(c, TrackerCallback)]
         return trs[0] if trs else None
 
+    def _budget(self) -> dict:
+        tb = getattr(self.learn, 'time_budget', None) # `TimeBudget`'s plan and measurements, to resume within the same budget
+        return dict(budget_epochs=tb.epochs_planned, budget_state=dict(tb.state)) if tb is not None else {}
+
     def before_epoch(self): self._t0 = time.perf_counter()
     def after_batch(self):
         if self.training: self.images += find_bs(self.yb)*max(num_distrib(), 1) # every process sees its share
@@ -246,7 +267,7 @@ class CheckpointCallback(Callback):
         if tr is not None and getattr(tr, 'new_best', False): self.best_epoch = self.epoch
         state = dict(format=CHECKPOINT_FORMAT, format_version=1, **_plain(self.meta), epoch=self.epoch, n_epoch=self.n_epoch,
                      best=_plain(tr.best) if tr is not None else None, best_epoch=self.best_epoch, monitor=getattr(tr, 'monitor', None),
-                     seconds=self.seconds, images=self.images, budget_epochs=getattr(getattr(self.learn, 'time_budget', None), 'planned', None),
+                     seconds=self.seconds, images=self.images, **self._budget(),
                      model={k: v.detach().cpu() for k, v in getattr(self.learn.model, 'module', self.learn.model).state_dict().items()}, # unwrapped from DDP
                      opt=_plain(self.learn.opt.state_dict()))
         _atomic(self.fname, lambda tmp: torch.save(state, tmp))
@@ -293,41 +314,59 @@ class _EarlyStop(_Restored, EarlyStoppingCallback): "`EarlyStoppingCallback` tha
 
 # %% ../nbs/01c_learner.ipynb #18a59a70
 class TimeBudget(Callback):
-    "Fit the one-cycle schedule into `seconds`: plan the whole epochs that fit from the measured ones, schedule over them, stop there."
+    "Fit the one-cycle schedule into `seconds`: plan the training steps that fit from the measured epochs, schedule over them, stop there."
     order = ParamScheduler.order - 1 # sets `pct_train` just before the scheduler reads it
     def __init__(self,
         seconds:float, # the budget: training and validation of every epoch, earlier runs included
-        spent:float=0., # seconds used by earlier runs of the same training (when resuming)
-        done:int=0, # epochs finished by those runs
+        state:dict|None=None, # what earlier runs of the same training measured (`self.state` of theirs, kept in the checkpoint)
         clock=time.perf_counter, # a function giving seconds (tests pass a fake one)
     ):
         if not (isinstance(seconds, (int, float)) and seconds > 0): raise ValueError(f"TimeBudget: seconds={seconds!r}; expected a positive number of seconds.")
-        self.seconds, self.spent, self.done, self.clock = float(seconds), float(spent), int(done), clock
-        self.planned = None # whole epochs that fit: unknown until one epoch was timed
+        self.seconds, self.clock = float(seconds), clock
+        self.state = {'train_s': 0., 'valid_s': 0., 'epochs': 0, 'steps': 0, **(state or {})} # seconds, finished epochs, training steps
+        self.planned, self.steps_per_epoch = None, None # training steps that fit: unknown until one epoch was timed
 
     def _plan(self) -> int:
-        per = self.spent/self.done # mean seconds an epoch
-        return max(self.done, min(self.n_epoch, int(self.seconds/per))) if self.spent < self.seconds else self.done
+        "The most training steps that fit: `k` more epochs, the last possibly cut short, cost x*T + k*V seconds."
+        s = self.state
+        T, V = s['train_s']/s['epochs'], s['valid_s']/s['epochs'] # mean seconds of an epoch's training, of a validation
+        left, best, n_iter = self.seconds - s['train_s'] - s['valid_s'], s['steps'], self.steps_per_epoch
+        for k in range(1, self.n_epoch - s['epochs'] + 1):
+            x = min(k, (left - k*V)/T) if T > 0 else k # epochs of training that fit with k validations
+            if x <= k - 1: break
+            best = s['steps'] + int(x*n_iter + 1e-9)
+        return best
+
+    @property
+    def epochs_planned(self) -> int|None: return None if self.planned is None else -(-self.planned//self.steps_per_epoch) # the cut one counts
 
     def before_fit(self):
         if num_distrib() > 1: raise ValueError("TimeBudget: each of the processes would time its own epochs and could stop at another one; "
                                                "with several processes pass a number of epochs instead of a time budget.")
-        self.planned = self._plan() if self.done else None
+        self.steps_per_epoch = len(self.dls.train)
+        self.planned = self._plan() if self.state['epochs'] else None
 
     def before_epoch(self):
-        if self.planned is not None and self.epoch >= self.planned: raise CancelFitException() # after the last planned epoch's checkpoint
+        if self.planned is not None and self.state['steps'] >= self.planned: raise CancelFitException() # after the last epoch's checkpoint
         self._t0 = self.clock()
 
     def before_batch(self):
         if not self.training: return
-        used = self.spent + self.clock() - self._t0
-        if used >= self.seconds: raise CancelTrainException() # out of time: validate this epoch, then stop
-        pct = used/self.seconds if self.planned is None else (self.epoch + self.iter/self.n_iter)/self.planned
-        self.learn.pct_train = min(pct, 1.)
+        s = self.state
+        used = s['train_s'] + s['valid_s'] + self.clock() - self._t0
+        if used >= self.seconds or (self.planned is not None and s['steps'] >= self.planned):
+            raise CancelTrainException() # the planned steps are done, or the time is up: validate this epoch, then stop
+        self.learn.pct_train = min(used/self.seconds if self.planned is None else s['steps']/self.planned, 1.)
 
+    def after_batch(self):
+        if self.training: self.state['steps'] += 1
+    def after_cancel_train(self):
+        if hasattr(self.learn, 'recorder'): self.recorder.cancel_train = False # still log the epoch's training loss: its columns stay in place
+    def after_train(self):
+        t = self.clock(); self.state['train_s'] += t - self._t0; self._t0 = t
+    def after_validate(self): self.state['valid_s'] += self.clock() - self._t0
     def after_epoch(self):
-        self.spent += self.clock() - self._t0
-        self.done = self.epoch + 1
+        self.state['epochs'] += 1
         self.planned = self._plan()
 
 
@@ -404,7 +443,7 @@ def _distributed(learn:Learner, world:int, dev) -> contextlib.AbstractContextMan
 def train(
     data:str|Path, # a prepared folder (`lesionseg.preprocessing.prepare`)
     arch:str='swin-upernet', # 'swin-upernet' or 'unet'
-    epochs:int|None=None, # length of the one cycle; None: 10, or at most 100 with a `budget`
+    epochs:int|None=None, # length of the one cycle; None: 10, or at most 1000 with a `budget`
     size=None, # train at this side or (h, w); None: the prepared size
     bs:int=16, # batch size
     lr:float|slice|None=None, # peak learning rate; None: 1e-3, or slice(1e-4, 1e-3) with a pretrained encoder
@@ -422,6 +461,7 @@ def train(
     loss_func=None, # the loss; None: `DiceBCELoss()` (lesson 01b)
     recipe:dict|None=None, # plain values saying how `aug` and `loss_func` were made (lesson 04), kept in the checkpoint and weights
     calibrate:bool=True, # choose the review thresholds on the validation images and store them in model.pth (lesson 04a)
+    fp16:bool|str|None=None, # mixed precision (`seg_learner`): None = on CUDA; 'bf16' also on a CPU with native bfloat16
     budget:float|None=None, # seconds for the whole fit (training and validation, across resumes): `TimeBudget`; `epochs` is then the most
 ) -> dict: # the summary also written to out/metrics.json and stored in model.pth
     "Train a segmentation model with fastai's one-cycle policy, checkpointing every epoch; rerun to resume."
@@ -433,7 +473,7 @@ def train(
         if world > 1: raise ValueError(f"train: budget={budget} with {world} processes: each would time its own epochs and could stop at "
                                        "another one; pass a number of epochs instead.")
         budget = float(budget)
-    if epochs is None: epochs = 10 if budget is None else 100
+    if epochs is None: epochs = 10 if budget is None else 1000
     if world > 1 and dev.type == 'cuda': dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', rank))); torch.cuda.set_device(dev)
     out.mkdir(parents=True, exist_ok=True)
     ck_p, hist_p, w_p, m_p = out/'checkpoint.pth', out/'history.csv', out/'model.pth', out/'metrics.json'
@@ -462,7 +502,7 @@ def train(
     dls = get_dls(data, bs=bs, size=size, num_workers=num_workers, seed=seed, device=dev, aug=aug)
     model = build_model(arch, cfg)
     if lr is None: lr = slice(1e-4, 1e-3) if _is_pretrained(model) else 1e-3
-    learn = seg_learner(dls, model, loss_func=loss_func, path=out, model_dir='.')
+    learn = seg_learner(dls, model, loss_func=loss_func, fp16=fp16, path=out, model_dir='.')
     meta = dict(arch=arch, config={**model.config, 'pretrained': False}, epochs=epochs, size=list(hw), lr=lr, bs=bs, seed=seed, recipe=rec, budget=budget)
     if ck is not None:
         learn.model.load_state_dict(ck['model'])
@@ -476,7 +516,7 @@ def train(
         if patience is not None: fit_cbs.append(_EarlyStop(monitor='dice', comp=np.greater, patience=patience, best=best,
                                                             wait=ck['epoch'] - ck['best_epoch'] if ck else 0))
         if start: fit_cbs.append(_SkipQuietly(start))
-        if budget is not None: fit_cbs.append(TimeBudget(budget, *((ck['seconds'], start) if ck else ())))
+        if budget is not None: fit_cbs.append(TimeBudget(budget, state=ck.get('budget_state') if ck else None))
         if not progress: learn.logger = partial(_print_epoch, learn)
         with (nullcontext() if progress else learn.no_bar()), _distributed(learn, world, dev):
             learn.fit_one_cycle(epochs, lr_max=lr, start_epoch=start, cbs=fit_cbs + list(L(cbs)))

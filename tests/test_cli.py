@@ -151,11 +151,11 @@ def test_train_in_a_time_budget(tmp_path):
     "`--budget` (minutes) ends the fit by itself, after the whole epochs that fit, and says so in metrics.json."
     prep, out = _synthetic_prepared(tmp_path), tmp_path/'run'
     r = run('train', '--data', prep, '--budget', 0.1, '--bs', 4, '--out', out, '--no-pretrained', '--config', TINY['swin-upernet'],
-            '--patience', 0, '--recipe', 'tuned', '--quiet')
+            '--patience', 0, '--recipe', 'tuned', '--precision', 'bf16', '--quiet') # bf16 where the CPU has it, else fp32 with a warning
     assert r.returncode == 0, r.stdout + r.stderr
     m = json.loads((out/'metrics.json').read_text())
     assert m['budget_seconds'] == 6.0 and m['recipe']['loss']['dice_weight'] == 2.0
-    assert 1 <= m['epochs'] == len(pd.read_csv(out/'history.csv')) <= m['epochs_planned'] < 100, m
+    assert 1 <= m['epochs'] == len(pd.read_csv(out/'history.csv')) <= m['epochs_planned'] < 1000, m
     per_epoch = m['seconds']/m['epochs']
     assert m['seconds'] <= 6.0 + 2*per_epoch, m # the budget, plus at most one batch and one validation
     r = run('train', '--data', prep, '--budget', 0, '--out', tmp_path/'run0')
