@@ -9,8 +9,9 @@ Run from the repository root (on a CUDA machine, unchanged: it picks the GPU's d
     python bench/budget_quality.py --budget 5               # a shorter look
     python bench/budget_quality.py --limit 480 --out bench/results/budget_quality_cpu_480.json   # bench/quality.py's 480 images
 
-On the CPU it trains Swin-T + UPerNet with a 128-channel decoder (the full model's 256 channels cost 1.7 times the time
-a step) in bfloat16 where the CPU has it natively (AVX512-BF16, AMX: about 1.8 times faster than fp32).
+On the CPU it trains Swin-T + UPerNet with a 128-channel decoder (the full model's 256 channels cost 1.65 times the time
+a step) in bfloat16 where the CPU has it natively (AVX512-BF16, AMX: 2.0 times faster than fp32 on the 2-core EPYC;
+both measured by `python bench/cpu_bf16.py`, bench/results/cpu_bf16.json).
 
 It runs three commands in subprocesses, exactly as the README shows them, and times each:
     lesionseg prepare SHARED PREP --size S          (hash splits: 80% train, 10% valid, 10% test, by ISIC id)
