@@ -24,7 +24,6 @@ on their own. Scores are per-image means at each test image's original resolutio
 import argparse, json, os, shlex, subprocess, sys, tempfile, time
 from pathlib import Path
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
-import torch
 
 from _common import SHARED, device_defaults, load1, machine, write_json
 GOALS = {'cpu': dict(dice=0.90, thresholded_jaccard=0.80), 'cuda': dict(dice=0.91, thresholded_jaccard=0.82)}

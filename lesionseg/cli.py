@@ -296,7 +296,7 @@ def _parser():
     t.add_argument('--arch', default='swin-upernet', choices=['swin-upernet', 'unet'])
     t.add_argument('--epochs', type=int, default=None, help='epochs of the one cycle (default 10; with --budget the most, default 1000)')
     t.add_argument('--budget', type=float, default=None, metavar='MINUTES',
-                   help='fit the one cycle into this many minutes of training and validation (the epochs that fit, measured)')
+                   help='fit the one cycle into this many minutes of training and validation (the steps that fit, measured)')
     t.add_argument('--precision', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'],
                    help="auto: mixed precision on a GPU (bf16 where supported), fp32 on a CPU; bf16 also on a CPU with native bfloat16")
     t.add_argument('--size', type=int, default=None, help='train at this side (default: the prepared size)')

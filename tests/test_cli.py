@@ -148,7 +148,7 @@ def test_train_with_the_tuned_recipe_then_evaluate_with_tta_and_postprocessing(t
     assert s['tta'] is True and s['postprocess'] is True
 
 def test_train_in_a_time_budget(tmp_path):
-    "`--budget` (minutes) ends the fit by itself, after the whole epochs that fit, and says so in metrics.json."
+    "`--budget` (minutes) ends the fit by itself, after the training steps that fit, and says so in metrics.json."
     prep, out = _synthetic_prepared(tmp_path), tmp_path/'run'
     r = run('train', '--data', prep, '--budget', 0.1, '--bs', 4, '--out', out, '--no-pretrained', '--config', TINY['swin-upernet'],
             '--patience', 0, '--recipe', 'tuned', '--precision', 'bf16', '--quiet') # bf16 where the CPU has it, else fp32 with a warning
