@@ -338,7 +338,9 @@ class TimeBudget(Callback):
         return best
 
     @property
-    def epochs_planned(self) -> int|None: return None if self.planned is None else -(-self.planned//self.steps_per_epoch) # the cut one counts
+    def epochs_planned(self) -> int|None: # the epochs done and those the plan still holds, a cut one included
+        if self.planned is None: return None
+        return self.state['epochs'] + -(-(self.planned - self.state['steps'])//self.steps_per_epoch)
 
     def before_fit(self):
         if num_distrib() > 1: raise ValueError("TimeBudget: each of the processes would time its own epochs and could stop at another one; "
@@ -348,14 +350,15 @@ class TimeBudget(Callback):
 
     def before_epoch(self):
         if self.planned is not None and self.state['steps'] >= self.planned: raise CancelFitException() # after the last epoch's checkpoint
-        self._t0 = self.clock()
+        self._t0, self._cut = self.clock(), False
 
     def before_batch(self):
         if not self.training: return
         s = self.state
         used = s['train_s'] + s['valid_s'] + self.clock() - self._t0
         if used >= self.seconds or (self.planned is not None and s['steps'] >= self.planned):
-            raise CancelTrainException() # the planned steps are done, or the time is up: validate this epoch, then stop
+            if self.iter == 0: raise CancelFitException() # nothing trained in this epoch: no epoch of validation alone
+            self._cut = True; raise CancelTrainException() # the planned steps are done, or the time is up: validate this epoch, then stop
         self.learn.pct_train = min(used/self.seconds if self.planned is None else s['steps']/self.planned, 1.)
 
     def after_batch(self):
@@ -367,7 +370,7 @@ class TimeBudget(Callback):
     def after_validate(self): self.state['valid_s'] += self.clock() - self._t0
     def after_epoch(self):
         self.state['epochs'] += 1
-        self.planned = self._plan()
+        self.planned = self.state['steps'] if self._cut else self._plan() # a cut epoch is the last: no re-plan after it
 
 
 # %% ../nbs/01c_learner.ipynb #cc49c4bd
