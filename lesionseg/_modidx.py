@@ -427,4 +427,5 @@ d = { 'settings': { 'branch': 'main',
                                      'lesionseg.workspace.get_device': ('setup.html#get_device', 'lesionseg/workspace.py'),
                                      'lesionseg.workspace.get_workspace': ('setup.html#get_workspace', 'lesionseg/workspace.py'),
                                      'lesionseg.workspace.in_colab': ('setup.html#in_colab', 'lesionseg/workspace.py'),
-                                     'lesionseg.workspace.mount_drive': ('setup.html#mount_drive', 'lesionseg/workspace.py')}}}
+                                     'lesionseg.workspace.mount_drive': ('setup.html#mount_drive', 'lesionseg/workspace.py'),
+                                     'lesionseg.workspace.plain_doc': ('setup.html#plain_doc', 'lesionseg/workspace.py')}}}

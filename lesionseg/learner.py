@@ -18,6 +18,7 @@ with warnings.catch_warnings(): # fastai 2.8.7 still calls torch.jit.script, whi
     from fastai.callback.core import Callback, CancelFitException, CancelTrainException
     from fastai.callback.schedule import fit_one_cycle, ParamScheduler  # fit_one_cycle patches Learner.fit_one_cycle
     from fastai.callback.fp16 import MixedPrecision, AMPMode
+    import fastai.vision.learner  # registers show_results for image + mask batches: `learn.show_results()`
     from fastai.callback.channelslast import ChannelsLast
     from fastai.callback.progress import CSVLogger
     from fastai.callback.tracker import TrackerCallback, SaveModelCallback, EarlyStoppingCallback

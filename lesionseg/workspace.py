@@ -11,12 +11,12 @@ import torch
 
 # %% auto #0
 __all__ = ['COLAB_MOUNT', 'ENV_ROOT', 'LOCAL_ROOT', 'ENV_DEVICE', 'in_colab', 'mount_drive', 'default_root', 'Workspace',
-           'get_workspace', 'get_device']
+           'get_workspace', 'get_device', 'plain_doc']
 
 # %% ../nbs/00_setup.ipynb #bd238837
 def in_colab() -> bool:
     "True when running inside Google Colab (the `google.colab` package is present)."
-    if 'google.colab' in sys.modules: return True
+    if 'google.colab' in sys.modules: return sys.modules['google.colab'] is not None  # None: hidden on purpose
     try: return importlib.util.find_spec('google.colab') is not None
     except (ImportError, ValueError): return False
 
@@ -110,3 +110,11 @@ def get_device(
     if dev.type == 'mps' and not (getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available()):
         raise RuntimeError(f"Device {device!r} was asked for but MPS is not available on this machine; use 'cpu'.")
     return dev
+
+# %% ../nbs/00_setup.ipynb #a75446e8
+def plain_doc(f, *args, **kwargs):
+    "Print `f`'s name, signature and docstring: `show_doc` for where nbdev is not installed."
+    import inspect
+    try: sig = str(inspect.signature(f))
+    except (TypeError, ValueError): sig = ''
+    print(f"{getattr(f, '__qualname__', repr(f))}{sig}\n    {inspect.getdoc(f) or ''}")

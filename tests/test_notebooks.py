@@ -1,11 +1,9 @@
 "Every notebook in nbs/ runs top to bottom under nbdev's own test runner (`nbdev_test`), one pytest item each."
-import os
 from pathlib import Path
 import pytest
 from nbdev.config import get_config
 from nbdev.test import test_nb as run_notebook
 
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
 cfg = get_config()
 NBS = sorted(p for p in Path(cfg.nbs_path).glob('*.ipynb') if not p.name.startswith(('_', '.')))
 

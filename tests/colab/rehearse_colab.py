@@ -1,0 +1,156 @@
+"""The course rehearsed as a student runs it in Colab: `pytest tests/colab/rehearse_colab.py`.
+
+Each lesson runs in a virtual environment with Colab's package versions (`colab_env.py`, from
+`../shared/colab/`'s published freeze; this machine's torch and Python 3.11, since torch's wheels are
+local for 3.11 only), with no nbdev and no `../shared` above its working directory, and with a
+stand-in `google.colab.drive` that mounts a temporary folder as Drive. Lesson 00's first cell installs
+lesionseg from this checkout, as it installs it from GitHub in Colab. Two kinds of rehearsal:
+
+- `test_course_as_a_student`: lessons 00 -> 03 at their real settings, scaled only through the
+  settings cells a student edits (`--set`), on official-layout ISIC 2018 archives built from the
+  shared real images and served on loopback: download to Drive, prepare, train the UNet (killed at its
+  first checkpoint, as a disconnect would, then resumed), train the Swin-T + UPerNet, compare them.
+- `test_lesson_under_test_flag`: every lesson in its test mode (`IN_TEST=1`), in Colab's versions.
+
+Colab's own packages must come out of it unchanged: installing lesionseg may add, never change.
+"""
+from __future__ import annotations
+import json, os, shutil, subprocess, sys, threading, zipfile
+from functools import partial
+from http.server import ThreadingHTTPServer, SimpleHTTPRequestHandler
+from pathlib import Path
+import pytest
+
+HERE = Path(__file__).absolute().parent
+REPO = HERE.parents[1]
+SHARED = REPO.parent/'shared'
+REAL = SHARED/'data'/'isic2018-task1-train-256x192'
+NBS = sorted(p.name for p in (REPO/'nbs').glob('[0-9]*.ipynb'))
+sys.path.insert(0, str(HERE))
+from colab_env import build, freeze, colab_versions
+
+pytestmark = pytest.mark.skipif(not (SHARED/'colab'/'pip-freeze.gpu.txt').exists() or not REAL.is_dir(),
+                                reason=f"needs {SHARED}/colab (Colab's freeze) and {REAL} (the real images)")
+
+# the student's edits of the settings cells, for a 2-core CPU: small images, a small encoder, no download
+# of ImageNet weights (unreachable here; in Colab PRETRAINED stays True), a few epochs
+SCALE = {
+    '00_setup.ipynb': "ROOT = None",
+    '01_preprocessing.ipynb': "SIZE = 64",
+    '02_unet.ipynb': "SIZE, ENCODER, PRETRAINED, EPOCHS, BS = 64, 'resnet18', False, 3, 8",
+    '03_swin_upernet.ipynb': "SIZE, PRETRAINED, EPOCHS, BS = 64, False, 2, 8\n"
+                             "CONFIG = dict(decoder_channels=64, drop_path_rate=0.0)",
+}
+N_IDS = dict(train=48, valid=12, test=12) # disjoint real images per official split
+
+@pytest.fixture(scope='session')
+def colab_python():
+    "Colab's versions in `.colab-venv` (built once, reused), without lesionseg: lesson 00 installs it."
+    venv = build(REPO/'.colab-venv')
+    py = str(venv/'bin'/'python')
+    subprocess.run([py, '-m', 'pip', 'uninstall', '-y', '-q', 'lesionseg'], capture_output=True)
+    return py
+
+@pytest.fixture(scope='session')
+def colab_freeze(colab_python): return freeze(Path(colab_python).parents[1])
+
+def official_archives(dest:Path) -> Path:
+    "The six ISIC 2018 Task 1 archives in the official layout, from real shared images (disjoint ids per split)."
+    from lesionseg.preprocessing import ISIC2018_SPLITS
+    ids = sorted(p.stem for p in (REAL/'images').glob('ISIC_*.jpg'))
+    start = 0
+    for split, n in N_IDS.items():
+        chosen, start = ids[start:start + n], start + n
+        inp, gt = ISIC2018_SPLITS[split]
+        for name, files in ((inp, [REAL/'images'/f'{i}.jpg' for i in chosen]),
+                            (gt, [REAL/'masks'/f'{i}_segmentation.png' for i in chosen])):
+            with zipfile.ZipFile(dest/f'{name}.zip', 'w') as z:
+                for f in files: z.write(f, f'{name}/{f.name}')
+                z.writestr(f'{name}/LICENSE.txt', 'CC BY-NC 4.0 (ISIC Archive)')
+    return dest
+
+@pytest.fixture(scope='session')
+def isic_url(tmp_path_factory):
+    "A loopback HTTP server of the stand-in archives; yields their base URL."
+    d = official_archives(tmp_path_factory.mktemp('bucket'))
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *a): pass
+    srv = ThreadingHTTPServer(('127.0.0.1', 0), partial(Quiet, directory=str(d)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f'http://127.0.0.1:{srv.server_address[1]}/'
+    srv.shutdown(); srv.server_close()
+
+@pytest.fixture
+def colab_mount():
+    "Colab's /content/drive mount point, free for the stand-in (restored afterwards)."
+    mp = Path('/content/drive')
+    if mp.exists() and not mp.is_symlink(): pytest.skip(f'{mp} exists: this machine looks like Colab itself')
+    yield mp
+    if mp.is_symlink(): mp.unlink()
+
+def run(py, nb, tmp, drive, overrides=None, test_flags=False, kill_when=None):
+    out = tmp/f'{Path(nb).stem}.executed.ipynb'
+    cmd = [py, str(HERE/'run_lesson.py'), str(REPO/'nbs'/nb), '--out', str(out), '--content', str(tmp/'content'),
+           '--drive', str(drive)]
+    if overrides: cmd += ['--set', overrides]
+    if test_flags: cmd.append('--test-flags')
+    if kill_when: cmd += ['--kill-when', str(kill_when)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    return p.returncode, p.stdout + p.stderr, out
+
+def outputs(nb_path:Path) -> str:
+    "All text the executed lesson showed (stdout, results, errors)."
+    nb, parts = json.loads(nb_path.read_text()), []
+    for c in nb['cells']:
+        for o in c.get('outputs', []):
+            parts.append(''.join(o.get('text', '')) + ''.join(o.get('data', {}).get('text/plain', '')) + ''.join(o.get('traceback', [])))
+    return '\n'.join(parts)
+
+def n_images(nb_path:Path) -> int:
+    return sum('image/png' in o.get('data', {}) for c in json.loads(nb_path.read_text())['cells'] for o in c.get('outputs', []))
+
+def changed(before:dict, after:dict) -> dict:
+    "Packages whose version changed or that disappeared."
+    return {k: (v, after.get(k)) for k, v in before.items() if after.get(k) != v and k != 'lesionseg'}
+
+def test_course_as_a_student(colab_python, colab_freeze, isic_url, colab_mount, tmp_path):
+    drive, ws = tmp_path/'drive', tmp_path/'drive'/'MyDrive'/'lesionseg'
+    scale = dict(SCALE, **{'01_preprocessing.ipynb': SCALE['01_preprocessing.ipynb'] + f"\nISIC_URL = {isic_url!r}"})
+    rc, log, out = run(colab_python, '00_setup.ipynb', tmp_path, drive, scale['00_setup.ipynb'])
+    assert rc == 0, log
+    assert 'Mounted at /content/drive' in outputs(out) and ws.is_dir(), outputs(out)[-3000:]
+    after = freeze(Path(colab_python).parents[1])
+    assert 'lesionseg' in after and not changed(colab_freeze, after), changed(colab_freeze, after)
+    assert 'nbdev' not in after # Colab has none, and the course must not need it
+
+    rc, log, out = run(colab_python, '01_preprocessing.ipynb', tmp_path, drive, scale['01_preprocessing.ipynb'])
+    assert rc == 0, log
+    assert sorted(p.name for p in (ws/'data'/'isic2018').glob('*.zip')) == sorted(f'{n}.zip' for s in ('train', 'valid', 'test')
+        for n in __import__('lesionseg.preprocessing', fromlist=['x']).ISIC2018_SPLITS[s])
+    import pandas as pd
+    man = pd.read_csv(ws/'cache'/'isic2018-64'/'manifest.csv')
+    assert man.split.value_counts().to_dict() == N_IDS
+    assert n_images(out) >= 1 # the strip of real pairs
+
+    # 02: a disconnect during training (the kernel killed at the first checkpoint), then the lesson run again
+    ck = ws/'models'/'unet'/'checkpoint.pth'
+    rc, log, _ = run(colab_python, '02_unet.ipynb', tmp_path, drive, scale['02_unet.ipynb'], kill_when=ck)
+    assert rc == 3 and ck.exists() and not (ws/'models'/'unet'/'metrics.json').exists(), log
+    rc, log, out = run(colab_python, '02_unet.ipynb', tmp_path, drive, scale['02_unet.ipynb'])
+    assert rc == 0, log
+    m = json.loads((ws/'models'/'unet'/'metrics.json').read_text())
+    assert m['resumed_from'] and m['epochs'] == 3, m
+    text = outputs(out)
+    assert 'test split (12 images): per-image Dice' in text, text[-3000:]
+
+    rc, log, out = run(colab_python, '03_swin_upernet.ipynb', tmp_path, drive, scale['03_swin_upernet.ipynb'])
+    assert rc == 0, log
+    assert (ws/'models'/'swin-upernet'/'model.pth').exists()
+    text = outputs(out)
+    assert 'UNet' in text and 'Swin' in text, text[-3000:]
+    assert not changed(colab_freeze, freeze(Path(colab_python).parents[1]))
+
+@pytest.mark.parametrize('nb', NBS)
+def test_lesson_under_test_flag(colab_python, colab_mount, tmp_path, nb):
+    rc, log, _ = run(colab_python, nb, tmp_path, tmp_path/'drive', test_flags=True)
+    assert rc == 0, log[-6000:]
