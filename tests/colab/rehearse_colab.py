@@ -10,12 +10,13 @@ lesionseg from this checkout, as it installs it from GitHub in Colab. Two kinds 
   settings cells a student edits (`--set`), on official-layout ISIC 2018 archives built from the
   shared real images and served on loopback: download to Drive, prepare, train the UNet (killed at its
   first checkpoint, as a disconnect would, then resumed), train the Swin-T + UPerNet, compare them.
-- `test_lesson_under_test_flag`: every lesson in its test mode (`IN_TEST=1`), in Colab's versions.
+- `test_lesson_under_test_flag`: every lesson in its test mode (`IN_TEST=1`), in Colab's versions plus
+  the test-only oracle `isic-challenge-scoring` (which Colab lacks: a student's lessons skip its checks, saying so).
 
 Colab's own packages must come out of it unchanged: installing lesionseg may add, never change.
 """
 from __future__ import annotations
-import json, os, shutil, subprocess, sys, threading, zipfile
+import json, os, re, shutil, subprocess, sys, threading, zipfile
 from functools import partial
 from http.server import ThreadingHTTPServer, SimpleHTTPRequestHandler
 from pathlib import Path
@@ -41,6 +42,14 @@ SCALE = {
     '03_swin_upernet.ipynb': "SIZE, PRETRAINED, EPOCHS, BS = 64, False, 2, 8\n"
                              "CONFIG = dict(decoder_channels=64, drop_path_rate=0.0)",
 }
+ORACLES = ['isic-challenge-scoring'] # test-only checks that the lessons skip, with a note, where it is absent (Colab)
+
+def dev_req(name:str) -> str:
+    "`name` as the development requirements of settings.ini pin it."
+    from configparser import ConfigParser
+    cfg = ConfigParser(delimiters=['=']); cfg.read(REPO/'settings.ini')
+    return next(r for r in cfg['DEFAULT']['dev_requirements'].split() if r.split('=')[0].split('>')[0].split('<')[0] == name)
+
 N_IDS = dict(train=48, valid=12, test=12) # disjoint real images per official split
 
 @pytest.fixture(scope='session')
@@ -48,8 +57,14 @@ def colab_python():
     "Colab's versions in `.colab-venv` (built once, reused), without lesionseg: lesson 00 installs it."
     venv = build(REPO/'.colab-venv')
     py = str(venv/'bin'/'python')
-    subprocess.run([py, '-m', 'pip', 'uninstall', '-y', '-q', 'lesionseg'], capture_output=True)
+    subprocess.run([py, '-m', 'pip', 'uninstall', '-y', '-q', 'lesionseg', *ORACLES], capture_output=True)
     return py
+
+@pytest.fixture(scope='session')
+def with_oracles(colab_python):
+    "The test mode's reference implementations, which Colab lacks (development requirements, like on any test machine)."
+    subprocess.run([colab_python, '-m', 'pip', 'install', '-q', *[dev_req(n) for n in ORACLES]], check=True)
+    return colab_python
 
 @pytest.fixture(scope='session')
 def colab_freeze(colab_python): return freeze(Path(colab_python).parents[1])
@@ -142,15 +157,18 @@ def test_course_as_a_student(colab_python, colab_freeze, isic_url, colab_mount, 
     assert m['resumed_from'] and m['epochs'] == 3, m
     text = outputs(out)
     assert 'test split (12 images): per-image Dice' in text, text[-3000:]
+    assert n_images(out) >= 1 # show_results: real test images with the expert's and the model's masks
+    assert (ws/'models'/'unet'/'model.pth').exists() and (ws/'outputs'/'02_unet-test-results.png').exists()
 
     rc, log, out = run(colab_python, '03_swin_upernet.ipynb', tmp_path, drive, scale['03_swin_upernet.ipynb'])
     assert rc == 0, log
-    assert (ws/'models'/'swin-upernet'/'model.pth').exists()
+    assert (ws/'models'/'swin-upernet'/'model.pth').exists() and (ws/'outputs'/'03_swin_upernet-test-results.png').exists()
+    assert n_images(out) >= 1
     text = outputs(out)
-    assert 'UNet' in text and 'Swin' in text, text[-3000:]
+    assert re.search(r'^swin-upernet +0\.\d+', text, re.M) and re.search(r'^unet +0\.\d+', text, re.M), text[-3000:] # the table
     assert not changed(colab_freeze, freeze(Path(colab_python).parents[1]))
 
 @pytest.mark.parametrize('nb', NBS)
-def test_lesson_under_test_flag(colab_python, colab_mount, tmp_path, nb):
-    rc, log, _ = run(colab_python, nb, tmp_path, tmp_path/'drive', test_flags=True)
+def test_lesson_under_test_flag(with_oracles, colab_mount, tmp_path, nb):
+    rc, log, _ = run(with_oracles, nb, tmp_path, tmp_path/'drive', test_flags=True)
     assert rc == 0, log[-6000:]

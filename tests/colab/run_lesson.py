@@ -62,7 +62,8 @@ def main(argv=None):
     env = dict(os.environ, COLAB_REHEARSAL_DRIVE=str(Path(a.drive).absolute()),
                PYTHONPATH=os.pathsep.join([str(HERE)] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]),
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get('PATH', '')]),
-               MPLBACKEND='module://matplotlib_inline.backend_inline', PIP_DISABLE_PIP_VERSION_CHECK='1')
+               MPLBACKEND='module://matplotlib_inline.backend_inline', PIP_DISABLE_PIP_VERSION_CHECK='1',
+               PYDEVD_DISABLE_FILE_VALIDATION='1')
     env.pop('IN_TEST', None); env.pop('LESIONSEG_ROOT', None)
     if a.test_flags: env['IN_TEST'] = '1'
     Path(a.content).mkdir(parents=True, exist_ok=True)
