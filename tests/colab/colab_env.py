@@ -26,10 +26,18 @@ def colab_versions(freeze:Path=FREEZE) -> dict:
         if m := re.match(r'^([A-Za-z0-9_.\-]+)==([^\s;]+)', line.strip()): out[norm(m[1])] = m[2]
     return out
 
+def settings():
+    "settings.ini's values (requirements and extras among them)."
+    cfg = ConfigParser(delimiters=['=']); cfg.read(REPO/'settings.ini')
+    return cfg['DEFAULT']
+
+def dev_requirement(name:str) -> str:
+    "The development requirement for the package `name`, as settings.ini pins it."
+    return next(r for r in settings()['dev_requirements'].split() if norm(_name(r)) == norm(name))
+
 def wanted() -> list[str]:
     "The packages lesionseg's requirements, its `course` extra and a notebook kernel need, by name."
-    cfg = ConfigParser(delimiters=['=']); cfg.read(REPO/'settings.ini')
-    d = cfg['DEFAULT']
+    d = settings()
     reqs = d['requirements'].split() + d.get('course_requirements', '').split()
     return sorted({norm(_name(r)) for r in reqs} | {norm(k) for k in KERNEL})
 

@@ -16,7 +16,7 @@ lesionseg from this checkout, as it installs it from GitHub in Colab. Two kinds 
 Colab's own packages must come out of it unchanged: installing lesionseg may add, never change.
 """
 from __future__ import annotations
-import json, os, re, shutil, subprocess, sys, threading, zipfile
+import json, re, subprocess, sys, threading, zipfile
 from functools import partial
 from http.server import ThreadingHTTPServer, SimpleHTTPRequestHandler
 from pathlib import Path
@@ -28,7 +28,8 @@ SHARED = REPO.parent/'shared'
 REAL = SHARED/'data'/'isic2018-task1-train-256x192'
 NBS = sorted(p.name for p in (REPO/'nbs').glob('[0-9]*.ipynb'))
 sys.path.insert(0, str(HERE))
-from colab_env import build, freeze, colab_versions
+from colab_env import build, freeze, dev_requirement
+from lesionseg.preprocessing import ISIC2018_SPLITS
 
 pytestmark = pytest.mark.skipif(not (SHARED/'colab'/'pip-freeze.gpu.txt').exists() or not REAL.is_dir(),
                                 reason=f"needs {SHARED}/colab (Colab's freeze) and {REAL} (the real images)")
@@ -44,12 +45,6 @@ SCALE = {
 }
 ORACLES = ['isic-challenge-scoring'] # test-only checks that the lessons skip, with a note, where it is absent (Colab)
 
-def dev_req(name:str) -> str:
-    "`name` as the development requirements of settings.ini pin it."
-    from configparser import ConfigParser
-    cfg = ConfigParser(delimiters=['=']); cfg.read(REPO/'settings.ini')
-    return next(r for r in cfg['DEFAULT']['dev_requirements'].split() if r.split('=')[0].split('>')[0].split('<')[0] == name)
-
 N_IDS = dict(train=48, valid=12, test=12) # disjoint real images per official split
 
 @pytest.fixture(scope='session')
@@ -63,7 +58,7 @@ def colab_python():
 @pytest.fixture(scope='session')
 def with_oracles(colab_python):
     "The test mode's reference implementations, which Colab lacks (development requirements, like on any test machine)."
-    subprocess.run([colab_python, '-m', 'pip', 'install', '-q', *[dev_req(n) for n in ORACLES]], check=True)
+    subprocess.run([colab_python, '-m', 'pip', 'install', '-q', *[dev_requirement(n) for n in ORACLES]], check=True)
     return colab_python
 
 @pytest.fixture(scope='session')
@@ -71,7 +66,6 @@ def colab_freeze(colab_python): return freeze(Path(colab_python).parents[1])
 
 def official_archives(dest:Path) -> Path:
     "The six ISIC 2018 Task 1 archives in the official layout, from real shared images (disjoint ids per split)."
-    from lesionseg.preprocessing import ISIC2018_SPLITS
     ids = sorted(p.stem for p in (REAL/'images').glob('ISIC_*.jpg'))
     start = 0
     for split, n in N_IDS.items():
@@ -141,7 +135,7 @@ def test_course_as_a_student(colab_python, colab_freeze, isic_url, colab_mount, 
     rc, log, out = run(colab_python, '01_preprocessing.ipynb', tmp_path, drive, scale['01_preprocessing.ipynb'])
     assert rc == 0, log
     assert sorted(p.name for p in (ws/'data'/'isic2018').glob('*.zip')) == sorted(f'{n}.zip' for s in ('train', 'valid', 'test')
-        for n in __import__('lesionseg.preprocessing', fromlist=['x']).ISIC2018_SPLITS[s])
+        for n in ISIC2018_SPLITS[s])
     import pandas as pd
     man = pd.read_csv(ws/'cache'/'isic2018-64'/'manifest.csv')
     assert man.split.value_counts().to_dict() == N_IDS

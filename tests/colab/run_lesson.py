@@ -33,7 +33,7 @@ def prepare_nb(nb, overrides:str|None=None, test_flags:bool=False, repo:Path=REP
         if c.cell_type == 'code' and 'parameters' in c.get('metadata', {}).get('tags', []):
             found = True
             if overrides: cells.append(nbformat.v4.new_code_cell(f'# injected by the rehearsal\n{overrides}'))
-    if overrides and not found: raise SystemExit(f"--set given but the lesson has no cell tagged 'parameters'")
+    if overrides and not found: raise SystemExit("--set given but the lesson has no cell tagged 'parameters'")
     nb.cells = cells
     return nb
 
