@@ -16,24 +16,15 @@ the weights of its best validation epoch, and is scored by `lesionseg.evaluate.e
 image means of Dice, IoU and ISIC's thresholded Jaccard, pooled Dice and IoU. The JSON records this command, the device, the
 machine's load, each row's training seconds (the budget on an H100 is 300 s a row) and scores, and the selection.
 """
-import argparse, contextlib, json, os, sys, tempfile, time
+import argparse, contextlib, os, sys, tempfile
 from pathlib import Path
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
-import torch
 from lesionseg.preprocessing import prepare
-from lesionseg.learner import train
 from lesionseg.evaluate import evaluate
-from lesionseg.tuned import ABLATIONS, variant_recipe, select_tuned, train_tuned, check_recipe, baseline_recipe, ablation_table
+from lesionseg.tuned import ABLATIONS, run_ablation, ablation_table
 
 from _common import SHARED, device_defaults, load1, machine, write_json
-KEYS = ('n', 'dice', 'iou', 'thresholded_jaccard', 'dice_pooled', 'iou_pooled')
 BUDGET_S = 300 # seconds of H100 training a row may take (the goal: <= 5 minutes)
-
-def _scores(weights, prepared, recipe, split):
-    ev = evaluate(weights, prepared, out=None, split=split, progress=False, tta=recipe['tta'], postprocess=recipe['postprocess'])
-    return {k: (round(ev[k], 4) if isinstance(ev[k], float) else ev[k]) for k in KEYS}
-
-def _train_part(recipe): return {k: recipe[k] for k in ('aug', 'loss')}
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -51,62 +42,21 @@ def main():
     dev, gpu = device_defaults(a, (('size', 256, 128), ('epochs', 30, 4), ('bs', 32, 16), ('limit', None, 480)))
     src = Path(a.data)
     if not (src/'images').is_dir(): sys.exit(f"{src}: expected a folder with images/ and masks/ in ISIC naming (the shared ISIC 2018 folder).")
-    rows = [n for n in ABLATIONS if n in a.variants] # in the table's order
-    needs_base = any(ABLATIONS[n].get('retrain') is False or n == 'tuned' for n in rows)
-    train_rows = [n for n in rows if ABLATIONS[n].get('retrain', True) and n != 'tuned']
-    if needs_base and 'baseline' not in train_rows: train_rows.insert(0, 'baseline')
     load0 = load1()
     if a.workdir is not None: Path(a.workdir).mkdir(parents=True, exist_ok=True)
     with (tempfile.TemporaryDirectory() if a.workdir is None else contextlib.nullcontext(a.workdir)) as tmp:
         tmp = Path(tmp); prepared = tmp/'prepared'
         m = prepare(src, prepared, size=a.size, limit=a.limit, progress=False)
         splits = {k: int(v) for k, v in m['split'].value_counts().items()}
-        res = dict(benchmark='ablation', command='python ' + ' '.join([sys.argv[0]] + sys.argv[1:]), device=dev.type,
-                   data=f"{src.name}: {len(m)} images {splits}; trained on train (best epoch by valid Dice), chosen on valid, "
-                        "reported on test, scored at the original 256x192",
-                   size=a.size, epochs=a.epochs, bs=a.bs, seed=a.seed, pretrained=False, arch='swin-upernet',
-                   budget_seconds=BUDGET_S if gpu else None, goal=dict(dice=0.91, thresholded_jaccard=0.82), variants={})
-        models = {} # row -> (weights, training summary)
-        common = dict(arch='swin-upernet', bs=a.bs, lr=a.lr, seed=a.seed, pretrained=False, patience=None, resume=False, progress=False, device=dev)
-
-        def fit(name, recipe, factor):
-            out = tmp/'models'/name
-            t0 = time.time()
-            if recipe is None: s = train(prepared, epochs=a.epochs*factor, out=out, **common) # train()'s own defaults
-            else: s = train_tuned(prepared, recipe=recipe, epochs=a.epochs*factor, out=out, **common)
-            models[name] = (out/'model.pth', s, round(time.time() - t0, 1))
-
-        def record(name, model, recipe, factor, change=None, **extra):
-            w, s, wall = models[model]
-            t0 = time.time()
-            row = dict(change=change or ABLATIONS[name]['change'], group=ABLATIONS[name]['group'], model=model, recipe=recipe,
-                       epochs=a.epochs*factor, train_seconds=s['seconds'], train_images_per_s=s['images_per_s'],
-                       within_budget=(s['seconds'] <= BUDGET_S) if gpu else None, best_epoch=s['best_epoch'],
-                       n_train=s['n_train'], n_valid=s['n_valid'], **extra)
-            r = recipe or baseline_recipe()
-            row['valid'], row['test'] = _scores(w, prepared, r, 'valid'), _scores(w, prepared, r, 'test')
-            row['wall_seconds'] = round((wall if model == name else 0) + time.time() - t0, 1)
-            res['variants'][name] = row
-            print(name, json.dumps(row), flush=True)
-
-        for name in train_rows:
-            spec = ABLATIONS[name]
-            recipe = None if name == 'baseline' else variant_recipe(name)
-            fit(name, recipe, spec.get('epochs_factor', 1))
-            record(name, name, recipe, spec.get('epochs_factor', 1))
-        for name in rows:
-            if ABLATIONS[name].get('retrain') is False: record(name, 'baseline', variant_recipe(name), 1)
-        if 'tuned' in rows:
-            measured = {n: v['valid'] for n, v in res['variants'].items() if n != 'tuned'}
-            sel = select_tuned(measured)
-            recipe, factor = sel['recipe'], sel['epochs_factor']
-            same = factor == 1 and _train_part(recipe) == _train_part(baseline_recipe())
-            if not same: fit('tuned', recipe, factor)
-            record('tuned', 'baseline' if same else 'tuned', recipe, factor,
-                   change=f"{ABLATIONS['tuned']['change']}: {', '.join(v for v in sel['chosen'].values() if v) or 'nothing beat the baseline'}",
-                   reused_baseline_model=same)
-            res['selection'] = dict(sel, metric='valid per-image dice')
-        else: res['selection'] = dict(chosen={}, epochs_factor=None, reason='no tuned row in this run')
+        score = lambda w, d, split, tta, postprocess: evaluate(w, d, out=None, split=split, progress=False, tta=tta, postprocess=postprocess)
+        abl = run_ablation(prepared, score, rows=a.variants, out=tmp/'models', epochs=a.epochs, resume=False, arch='swin-upernet',
+                           bs=a.bs, lr=a.lr, seed=a.seed, pretrained=False, patience=None, progress=False, device=dev)
+    for row in abl['variants'].values(): row['within_budget'] = (row['train_seconds'] <= BUDGET_S) if gpu else None
+    res = dict(benchmark='ablation', command='python ' + ' '.join([sys.argv[0]] + sys.argv[1:]), device=dev.type,
+               data=f"{src.name}: {len(m)} images {splits}; trained on train (best epoch by valid Dice), chosen on valid, "
+                    "reported on test, scored at the original 256x192",
+               size=a.size, epochs=a.epochs, bs=a.bs, seed=a.seed, pretrained=False, arch='swin-upernet',
+               budget_seconds=BUDGET_S if gpu else None, goal=dict(dice=0.91, thresholded_jaccard=0.82), **abl)
     res['machine'] = machine(gpu, load0)
     out = write_json(a.out or f'bench/results/ablation_{dev.type}.json', res)
     print(ablation_table(res).round(4).to_string())

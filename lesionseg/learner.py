@@ -32,7 +32,8 @@ from .workspace import get_device
 
 # %% auto #0
 __all__ = ['WEIGHTS_FORMAT', 'WEIGHTS_VERSION', 'CHECKPOINT_FORMAT', 'ARCHS', 'cpu_bf16_supported', 'CPUMixedPrecision',
-           'seg_learner', 'build_model', 'save_weights', 'load_weights', 'CheckpointCallback', 'TimeBudget', 'train']
+           'seg_learner', 'build_model', 'save_weights', 'load_weights', 'CheckpointCallback', 'TimeBudget', 'train',
+           'split_scores']
 
 # %% ../nbs/01c_learner.ipynb #4b91480a
 def _default_splitter(model:nn.Module):
@@ -538,3 +539,17 @@ def train(
     _atomic(m_p, lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
     (out/'best.pth').unlink(missing_ok=True) # model.pth holds the same weights, described
     return summary
+
+# %% ../nbs/01c_learner.ipynb #3d19594b
+def split_scores(
+    weights:str|Path, # a weights file written by `train` (`save_weights`)
+    data:str|Path, # a prepared folder
+    split:str='test', # the split to score
+    bs:int=16, # batch size
+    device=None, # None: `get_device()`
+) -> tuple[Learner, dict]: # a Learner over the split, and {'loss', 'dice', 'iou', 'dice_pooled', 'iou_pooled', 'n'}
+    "Score a trained model on one split of a prepared folder at the model's own input size, with the Learner's metrics."
+    dev = get_device(device); model, meta = load_weights(weights, device=dev)
+    learn = seg_learner(get_dls(data, bs=bs, size=tuple(meta['size']), valid_split=split, augment=False, device=dev), model)
+    with learn.no_bar(): vals = learn.validate()
+    return learn, {**dict(zip(['loss'] + [m.name for m in learn.metrics], map(float, vals))), 'n': len(learn.dls.valid_ds)}

@@ -12,12 +12,12 @@ import torch.nn.functional as F
 import albumentations as A
 from .data import _hw, _draw_hairs
 from .metrics import DiceBCELoss, _flat_pair
-from .learner import train, _prepared_size
+from .learner import train, _prepared_size, _atomic, _plain
 
 # %% auto #0
-__all__ = ['AUGS', 'LOSS_KEYS', 'ABLATIONS', 'HairOcclusion', 'strong_augs', 'boundary_closeness', 'BoundaryDiceBCELoss',
-           'baseline_recipe', 'check_recipe', 'tuned_recipe', 'recipe_parts', 'train_tuned', 'variant_recipe',
-           'select_tuned', 'ablation_table']
+__all__ = ['AUGS', 'LOSS_KEYS', 'ABLATIONS', 'SCORE_KEYS', 'HairOcclusion', 'strong_augs', 'boundary_closeness',
+           'BoundaryDiceBCELoss', 'baseline_recipe', 'check_recipe', 'tuned_recipe', 'recipe_parts', 'train_tuned',
+           'variant_recipe', 'select_tuned', 'ablation_table', 'run_ablation']
 
 # %% ../nbs/04_tuned.ipynb #a1ae20a8
 class HairOcclusion(A.ImageOnlyTransform):
@@ -228,3 +228,56 @@ def ablation_table(
     if 'baseline' in df.index:
         for c in cols[:2]: df[f'Δ {c}'] = df[c].astype(float) - float(df.loc['baseline', c])
     return df.rename_axis('row')
+
+# %% ../nbs/04_tuned.ipynb #268e4046
+SCORE_KEYS = ('n', 'dice', 'iou', 'thresholded_jaccard', 'dice_pooled', 'iou_pooled')
+
+def _train_part(recipe:dict) -> dict: return {k: recipe[k] for k in ('aug', 'loss')}
+
+def run_ablation(
+    data:str|Path, # a prepared folder with train, valid and test splits
+    score, # `score(weights, data, split=, tta=, postprocess=)` -> a summary with SCORE_KEYS: lesson 05's `evaluate`
+    rows=None, # names from `ABLATIONS` (None: all); the test-time rows and the tuned row train the baseline too
+    out:str|Path='ablation', # a folder per trained row (weights, history, scores) and `ablation.json`
+    epochs:int=20, # the baseline's one-cycle epochs; a row with an `epochs_factor` takes that multiple
+    resume:bool=True, # reuse finished rows (models and scores); False: train and score every row again
+    **kwargs, # passed to `train` (arch, bs, size, lr, seed, config, pretrained, patience, device, progress, ...)
+) -> dict: # {'variants': row -> training and valid/test scores, 'selection': the tuned row's choice}; `ablation_table` reads it
+    "Train and score ablation rows from the same start; choose the tuned row on `valid`, report on `test`."
+    unknown = [n for n in (rows or []) if n not in ABLATIONS]
+    if unknown: raise ValueError(f"run_ablation: unknown row(s) {unknown}; expected names from {list(ABLATIONS)}.")
+    rows, out, res, fitted = [n for n in ABLATIONS if rows is None or n in rows], Path(out), {'variants': {}}, {}
+    def fit(name, recipe, factor):
+        d = out/name
+        if recipe is None: s = train(data, epochs=epochs*factor, out=d, resume=resume, **kwargs) # train()'s own defaults
+        else: s = train_tuned(data, recipe=recipe, epochs=epochs*factor, out=d, resume=resume, **kwargs)
+        fitted[name] = (d/'model.pth', s)
+    def scores(model, recipe, split):
+        f = out/model/f"scores-{split}-tta{int(recipe['tta'])}-post{int(recipe['postprocess'])}.json"
+        if resume and f.exists(): return json.loads(f.read_text())
+        ev = score(fitted[model][0], data, split=split, tta=recipe['tta'], postprocess=recipe['postprocess'])
+        r = {k: ev[k] for k in SCORE_KEYS}
+        _atomic(f, lambda t: t.write_text(json.dumps(r)))
+        return r
+    def record(name, model, recipe, factor, **extra):
+        s, r = fitted[model][1], recipe or baseline_recipe()
+        res['variants'][name] = dict(change=ABLATIONS[name]['change'], group=ABLATIONS[name]['group'], model=model, recipe=recipe,
+            epochs=epochs*factor, train_seconds=s['seconds'], train_images_per_s=s.get('images_per_s'), best_epoch=s['best_epoch'],
+            n_train=s['n_train'], n_valid=s['n_valid'], **extra, valid=scores(model, r, 'valid'), test=scores(model, r, 'test'))
+    trains = [n for n in rows if ABLATIONS[n].get('retrain', True) and n != 'tuned']
+    if any(ABLATIONS[n].get('retrain') is False or n == 'tuned' for n in rows) and 'baseline' not in trains: trains.insert(0, 'baseline')
+    for name in trains:
+        recipe, factor = (None if name == 'baseline' else variant_recipe(name)), ABLATIONS[name].get('epochs_factor', 1)
+        fit(name, recipe, factor); record(name, name, recipe, factor)
+    for name in rows:
+        if ABLATIONS[name].get('retrain') is False: record(name, 'baseline', variant_recipe(name), 1)
+    if 'tuned' in rows:
+        sel = select_tuned({n: v['valid'] for n, v in res['variants'].items()})
+        same = sel['epochs_factor'] == 1 and _train_part(sel['recipe']) == _train_part(baseline_recipe())
+        if not same: fit('tuned', sel['recipe'], sel['epochs_factor'])
+        record('tuned', 'baseline' if same else 'tuned', sel['recipe'], sel['epochs_factor'], reused_baseline_model=same)
+        res['variants']['tuned']['change'] += f": {', '.join(v for v in sel['chosen'].values() if v) or 'nothing beat the baseline'}"
+        res['selection'] = dict(sel, metric='valid per-image dice')
+    else: res['selection'] = dict(chosen={}, epochs_factor=None, reason='no tuned row in this run')
+    _atomic(out/'ablation.json', lambda t: t.write_text(json.dumps(_plain(res), indent=1)))
+    return res

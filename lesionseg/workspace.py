@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 
 # %% auto #0
-__all__ = ['COLAB_MOUNT', 'ENV_ROOT', 'LOCAL_ROOT', 'ENV_DEVICE', 'in_colab', 'mount_drive', 'default_root', 'Workspace',
-           'get_workspace', 'get_device', 'plain_doc']
+__all__ = ['COLAB_MOUNT', 'ENV_ROOT', 'LOCAL_ROOT', 'TRAINED_IN', 'ENV_DEVICE', 'in_colab', 'mount_drive', 'default_root',
+           'Workspace', 'get_workspace', 'get_device', 'plain_doc']
 
 # %% ../nbs/00_setup.ipynb #bd238837
 def in_colab() -> bool:
@@ -52,6 +52,8 @@ def default_root(mountpoint:str|Path=COLAB_MOUNT) -> Path:
     return Path(LOCAL_ROOT).expanduser()
 
 # %% ../nbs/00_setup.ipynb #aa9c8db6
+TRAINED_IN = {'unet': '02_unet', 'swin-upernet': '03_swin_upernet', 'tuned': '04_tuned'} # the lesson that leaves each model in models/
+
 @dataclass(frozen=True)
 class Workspace:
     "The project's folders under one root."
@@ -77,6 +79,21 @@ class Workspace:
             except OSError as e: raise OSError(f"Cannot create workspace folder {p}: {e.strerror}; "
                                                f"choose a writable root or set {ENV_ROOT}.") from e
         return self
+
+    def prepared(self, size:int, data:str|Path|None=None) -> Path:
+        "The prepared folder a lesson trains on: `data`, else lesson 01's ISIC 2018 cache at `size`; an error saying what to run when it is empty."
+        p = Path(data) if data else self.cache/f'isic2018-{size}'
+        if not (p/'manifest.csv').exists():
+            raise FileNotFoundError(f"{p} holds no prepared images (no manifest.csv): run lesson 01 (01_preprocessing) first "
+                                    f"with SIZE = {size}; it downloads ISIC 2018 to your Drive and prepares it there.")
+        return p
+
+    def trained(self, *names:str) -> Path:
+        "`models/<name>/model.pth` of the first of `names` an earlier lesson trained; an error naming the lessons to run when none is there."
+        for n in names:
+            if (self.models/n/'model.pth').exists(): return self.models/n/'model.pth'
+        run = ' or '.join(f"lesson {TRAINED_IN.get(n, '?')} ({n})" for n in names)
+        raise FileNotFoundError(f"No trained model in {self.models} (looked for {', '.join(names)}): run {run} first.")
 
 # %% ../nbs/00_setup.ipynb #c8472f27
 def get_workspace(

@@ -94,8 +94,10 @@ def colab_mount():
     "Colab's /content/drive mount point, free for the stand-in (restored afterwards)."
     mp = Path('/content/drive')
     if mp.exists() and not mp.is_symlink(): pytest.skip(f'{mp} exists: this machine looks like Colab itself')
+    had_parent = mp.parent.exists()
     yield mp
     if mp.is_symlink(): mp.unlink()
+    if not had_parent and mp.parent.is_dir() and not any(mp.parent.iterdir()): mp.parent.rmdir() # leave no empty /content behind
 
 def run(py, nb, tmp, drive, overrides=None, test_flags=False, kill_when=None):
     out = tmp/f'{Path(nb).stem}.executed.ipynb'
