@@ -540,7 +540,7 @@ def train(
     (out/'best.pth').unlink(missing_ok=True) # model.pth holds the same weights, described
     return summary
 
-# %% ../nbs/01c_learner.ipynb #3d19594b
+# %% ../nbs/01c_learner.ipynb #2d0dc714
 def split_scores(
     weights:str|Path, # a weights file written by `train` (`save_weights`)
     data:str|Path, # a prepared folder

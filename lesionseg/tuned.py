@@ -229,7 +229,7 @@ def ablation_table(
         for c in cols[:2]: df[f'Δ {c}'] = df[c].astype(float) - float(df.loc['baseline', c])
     return df.rename_axis('row')
 
-# %% ../nbs/04_tuned.ipynb #268e4046
+# %% ../nbs/04_tuned.ipynb #2f833663
 SCORE_KEYS = ('n', 'dice', 'iou', 'thresholded_jaccard', 'dice_pooled', 'iou_pooled')
 
 def _train_part(recipe:dict) -> dict: return {k: recipe[k] for k in ('aug', 'loss')}

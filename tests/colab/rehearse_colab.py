@@ -42,6 +42,11 @@ SCALE = {
     '02_unet.ipynb': "SIZE, ENCODER, PRETRAINED, EPOCHS, BS = 64, 'resnet18', False, 3, 8",
     '03_swin_upernet.ipynb': "SIZE, PRETRAINED, EPOCHS, BS = 64, False, 2, 8\n"
                              "CONFIG = dict(decoder_channels=64, drop_path_rate=0.0)",
+    '04_tuned.ipynb': "SIZE, PRETRAINED, EPOCHS, BS = 64, False, 2, 8\n"
+                      "CONFIG = dict(decoder_channels=64, drop_path_rate=0.0)\n"
+                      "ABLATION_ROWS, ABLATION_EPOCHS = ['baseline', 'postprocess', 'tuned'], 1",
+    '05_evaluate.ipynb': "SIZE, BS, N_WORST, MC = 64, 8, 2, 4",
+    '06_serve.ipynb': "SIZE, MC = 64, 4",
 }
 ORACLES = ['isic-challenge-scoring'] # test-only checks that the lessons skip, with a note, where it is absent (Colab)
 
@@ -124,6 +129,7 @@ def changed(before:dict, after:dict) -> dict:
     "Packages whose version changed or that disappeared."
     return {k: (v, after.get(k)) for k, v in before.items() if after.get(k) != v and k != 'lesionseg'}
 
+@pytest.mark.timeout(2400) # the whole course in one test: about 10 minutes on 2 quiet cores, the venv build included
 def test_course_as_a_student(colab_python, colab_freeze, isic_url, colab_mount, tmp_path):
     drive, ws = tmp_path/'drive', tmp_path/'drive'/'MyDrive'/'lesionseg'
     scale = dict(SCALE, **{'01_preprocessing.ipynb': SCALE['01_preprocessing.ipynb'] + f"\nISIC_URL = {isic_url!r}"})
@@ -162,6 +168,38 @@ def test_course_as_a_student(colab_python, colab_freeze, isic_url, colab_mount, 
     assert n_images(out) >= 1
     text = outputs(out)
     assert re.search(r'^swin-upernet +0\.\d+', text, re.M) and re.search(r'^unet +0\.\d+', text, re.M), text[-3000:] # the table
+
+    rc, log, out = run(colab_python, '04_tuned.ipynb', tmp_path, drive, scale['04_tuned.ipynb'])
+    assert rc == 0, log
+    tuned = json.loads((ws/'models'/'tuned'/'metrics.json').read_text())
+    assert tuned['recipe']['postprocess'] and tuned['epochs'] == 2, tuned
+    table = pd.read_csv(ws/'outputs'/'04_tuned'/'test-table.csv', index_col=0)
+    assert list(table.index) == ['tuned', 'swin-upernet', 'unet'] and (table.n == N_IDS['test']).all(), table
+    assert (ws/'outputs'/'04_tuned-changes.png').exists() and n_images(out) >= 1
+    abl = json.loads((ws/'models'/'ablation'/'ablation.json').read_text())
+    assert list(abl['variants']) == ['baseline', 'postprocess', 'tuned'] and abl['selection']['metric'] == 'valid per-image dice'
+
+    # 04a, 04b: MC Dropout and Grad-CAM on the tuned model
+    # (filled in below)
+
+    # 05: the three models on the official validation and test splits, at the original resolution; re-run: read back
+    for again in (False, True):
+        rc, log, out = run(colab_python, '05_evaluate.ipynb', tmp_path, drive, scale['05_evaluate.ipynb'])
+        assert rc == 0, log
+    ev = ws/'outputs'/'05_evaluate'
+    for name in ('unet', 'swin-upernet', 'tuned'):
+        for split in ('valid', 'test'):
+            s = json.loads((ev/name/split/'summary.json').read_text())
+            assert s['n'] == N_IDS[split] and 0 <= s['dice'] <= 1, s
+    assert 'scored earlier' in outputs(out) # the second run read the scores back
+    assert (ev/'table.csv').exists() and (ws/'outputs'/'05_evaluate-worst.png').exists()
+    subs = list((ev/'isic-submission').glob('*/test/*_segmentation.png'))
+    assert len(subs) == N_IDS['test'], subs
+
+    # 06: the trained model behind the service, called with an original test image
+    rc, log, out = run(colab_python, '06_serve.ipynb', tmp_path, drive, scale['06_serve.ipynb'])
+    assert rc == 0, log
+    assert (ws/'outputs'/'06_serve-answer.png').stat().st_size > 0 and 'lesionseg serve --weights' in outputs(out)
     assert not changed(colab_freeze, freeze(Path(colab_python).parents[1]))
 
 @pytest.mark.parametrize('nb', NBS)
