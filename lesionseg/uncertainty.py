@@ -148,6 +148,7 @@ def uncertainty_study(
     data, # a prepared folder (`lesionseg.preprocessing.prepare`)
     split:str='test', # the manifest's split to score
     mc:int=20, # MC Dropout samples
+    limit:int|None=None, # score only the first `limit` images of the split (None: all)
     bs:int=8, # images per forward pass
     n_bins:int=15, # bins of the calibration
 ): # (per-image DataFrame, {'deterministic': bins, 'MC Dropout xN': bins})
@@ -157,6 +158,7 @@ def uncertainty_study(
     from lesionseg.preprocessing import read_manifest, read_mask
     from lesionseg.metrics import isic_scores
     data = Path(data); rows = read_manifest(data); rows = rows[rows.split == split]
+    if limit is not None: rows = rows.head(int(limit))
     if not len(rows): raise ValueError(f"uncertainty_study: no image of split {split!r} in {data/'manifest.csv'}.")
     files = [data/f for f in rows.image]
     recs, bins = [], {'deterministic': 0, f'MC Dropout x{mc}': 0}

@@ -45,6 +45,8 @@ SCALE = {
     '04_tuned.ipynb': "SIZE, PRETRAINED, EPOCHS, BS = 64, False, 2, 8\n"
                       "CONFIG = dict(decoder_channels=64, drop_path_rate=0.0)\n"
                       "ABLATION_ROWS, ABLATION_EPOCHS = ['baseline', 'postprocess', 'tuned'], 1",
+    '04a_mc_dropout.ipynb': "SIZE, MC, N_SHOW, BS = 64, 4, 3, 8",
+    '04b_gradcam.ipynb': "SIZE, N_SHOW, N_CHECK = 64, 3, 6",
     '05_evaluate.ipynb': "SIZE, BS, N_WORST, MC = 64, 8, 2, 4",
     '06_serve.ipynb': "SIZE, MC = 64, 4",
 }
@@ -179,8 +181,12 @@ def test_course_as_a_student(colab_python, colab_freeze, isic_url, colab_mount, 
     abl = json.loads((ws/'models'/'ablation'/'ablation.json').read_text())
     assert list(abl['variants']) == ['baseline', 'postprocess', 'tuned'] and abl['selection']['metric'] == 'valid per-image dice'
 
-    # 04a, 04b: MC Dropout and Grad-CAM on the tuned model
-    # (filled in below)
+    # 04a, 04b: MC Dropout and Grad-CAM on the tuned model, on real test images
+    for nb, figs in (('04a_mc_dropout.ipynb', ['04a_mc_dropout-uncertainty.png', '04a_mc_dropout-calibration.png']),
+                     ('04b_gradcam.ipynb', ['04b_gradcam-test-layers.png'])):
+        rc, log, out = run(colab_python, nb, tmp_path, drive, scale[nb])
+        assert rc == 0, log
+        assert all((ws/'outputs'/f).stat().st_size > 0 for f in figs) and n_images(out) >= len(figs), nb
 
     # 05: the three models on the official validation and test splits, at the original resolution; re-run: read back
     for again in (False, True):
