@@ -187,7 +187,7 @@ def _demo_figure(rows:list, path:Path):
     for ax_row, r in zip(axs, rows):
         for ax, im, title in zip(ax_row, (r['outlined'], r['heat'], r['cam']),
                 (f"{r['id']}: Dice {r['dice']:.3f}\ngreen truth, yellow prediction", f"uncertainty (entropy, bits)\nmean {r['uncertainty_mean']:.3f}"
-                 + (' REVIEW' if r['review'] else ''), f"Grad-CAM ({r.get('cam_layer', 'default')} layer)")):
+                 + (' REVIEW' if r['review'] else ''), f"Grad-CAM ({r['cam_layer']} layer)")):
             ax.imshow(im); ax.set_title(title, fontsize=9); ax.axis('off')
     fig.tight_layout()
     tmp = path.with_name(f'.{path.stem}.tmp.png'); fig.savefig(tmp, dpi=80); plt.close(fig); os.replace(tmp, path)
@@ -231,11 +231,11 @@ def demo(
     for _, t in test.iterrows():
         img, gt = read_image(t['src_image']), (read_image(t['src_mask'])[..., 0] > 127).astype(np.uint8)
         r = seg.predict(img, mc=mc)
-        sc = isic_scores(gt, r['mask'])
+        sc, g = isic_scores(gt, r['mask']), gradcam(seg, img) # Grad-CAM at the library's default layer (lesson 04b)
         rows.append(dict(id=t['id'], dice=float(sc['dice']), jaccard=float(sc['jaccard']), lesion_fraction=r['lesion_fraction'],
                          uncertainty_mean=r['uncertainty_mean'], uncertainty_max=r['uncertainty_max'], review=r['review'],
                          outlined=outline(outline(img, gt, (0, 200, 0)), r['mask']), heat=heatmap(r['uncertainty']),
-                         **(lambda g: dict(cam=overlay(img, g['cam']), cam_layer=g['layer']))(gradcam(seg, img)))) # the library's default layer (lesson 04b)
+                         cam=overlay(img, g['cam']), cam_layer=g['layer']))
     fig_path = out/'demo.png'
     _demo_figure(rows, fig_path)
     res = dict(workspace=str(ws.root), source=str(src), prepared=str(prep), weights=str(run/'model.pth'), figure=str(fig_path),
