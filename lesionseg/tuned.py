@@ -17,7 +17,7 @@ from .learner import train, _prepared_size, _atomic, _plain
 # %% auto #0
 __all__ = ['AUGS', 'LOSS_KEYS', 'ABLATIONS', 'SCORE_KEYS', 'HairOcclusion', 'strong_augs', 'boundary_closeness',
            'BoundaryDiceBCELoss', 'baseline_recipe', 'check_recipe', 'tuned_recipe', 'recipe_parts', 'train_tuned',
-           'variant_recipe', 'select_tuned', 'ablation_table', 'run_ablation']
+           'recipe_of', 'variant_recipe', 'select_tuned', 'ablation_table', 'run_ablation']
 
 # %% ../nbs/04_tuned.ipynb #a1ae20a8
 class HairOcclusion(A.ImageOnlyTransform):
@@ -172,6 +172,14 @@ def train_tuned(
     r = check_recipe(tuned_recipe() if recipe is None else recipe)
     aug, loss = recipe_parts(r, size if size is not None else _prepared_size(Path(data)), seed)
     return train(data, size=size, seed=seed, aug=aug, loss_func=loss, recipe=r, **kwargs)
+
+# %% ../nbs/04_tuned.ipynb #3c6bc8b2
+def recipe_of(
+    model, # a `Segmenter`, or a weights file's metadata (`load_weights(...)[1]`, the service's `/info`)
+) -> dict:
+    "The full recipe a model was trained with, from its weights file's summary; the baseline's when none is recorded."
+    meta = model.meta if hasattr(model, 'meta') else model
+    return check_recipe((meta.get('summary') or {}).get('recipe') or {})
 
 # %% ../nbs/04_tuned.ipynb #2e60e8f6
 ABLATIONS = {
