@@ -6,29 +6,29 @@ local for 3.11 only), with no nbdev and no `../shared` above its working directo
 stand-in `google.colab.drive` that mounts a temporary folder as Drive. Lesson 00's first cell installs
 lesionseg from this checkout, as it installs it from GitHub in Colab. Two kinds of rehearsal:
 
-- `test_course_as_a_student`: lessons 00 -> 03 at their real settings, scaled only through the
-  settings cells a student edits (`--set`), on official-layout ISIC 2018 archives built from the
-  shared real images and served on loopback: download to Drive, prepare, train the UNet (killed at its
-  first checkpoint, as a disconnect would, then resumed), train the Swin-T + UPerNet, compare them.
-- `test_lesson_under_test_flag`: every lesson in its test mode (`IN_TEST=1`), in Colab's versions plus
+- `test_course_as_a_student`: lessons 00 -> 06 in course order at their real settings, scaled only
+  through the settings cells a student edits (`--set`), on official-layout ISIC 2018 archives built from
+  the shared real images and served on loopback: download to Drive, a first model on the validation
+  images, prepare, train the UNet (killed at its first checkpoint, as a disconnect would, then resumed),
+  the Swin-T + UPerNet and the tuned recipe, study them, score them, serve one.
+- `test_lesson_under_test_flag`: every lesson in its test mode (`IN_TEST=1`; two at a time), in Colab's versions plus
   the test-only oracle `isic-challenge-scoring` (which Colab lacks: a student's lessons skip its checks, saying so).
 
 Colab's own packages must come out of it unchanged: installing lesionseg may add, never change.
 """
 from __future__ import annotations
-import json, re, subprocess, sys, threading, zipfile
-from functools import partial
-from http.server import ThreadingHTTPServer, SimpleHTTPRequestHandler
+import json, os, queue, re, subprocess, sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import pytest
 
 HERE = Path(__file__).absolute().parent
 REPO = HERE.parents[1]
 SHARED = REPO.parent/'shared'
-REAL = SHARED/'data'/'isic2018-task1-train-256x192'
 NBS = sorted(p.name for p in (REPO/'nbs').glob('[0-9]*.ipynb'))
 sys.path.insert(0, str(HERE))
 from colab_env import build, freeze, dev_requirement
+from stand_ins import official_archives, serve_folder, REAL
 from lesionseg.preprocessing import ISIC2018_SPLITS
 
 pytestmark = pytest.mark.skipif(not (SHARED/'colab'/'pip-freeze.gpu.txt').exists() or not REAL.is_dir(),
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.skipif(not (SHARED/'colab'/'pip-freeze.gpu.txt').exists
 # of ImageNet weights (unreachable here; in Colab PRETRAINED stays True), a few epochs
 SCALE = {
     '00_setup.ipynb': "ROOT = None",
-    '01_preprocessing.ipynb': "SIZE = 64",
+    '01_preprocessing.ipynb': "SIZE, FIRST_EPOCHS, PRETRAINED = 64, 1, False",
     '02_unet.ipynb': "SIZE, ENCODER, PRETRAINED, EPOCHS, BS = 64, 'resnet18', False, 3, 8",
     '03_swin_upernet.ipynb': "SIZE, PRETRAINED, EPOCHS, BS = 64, False, 2, 8\n"
                              "CONFIG = dict(decoder_channels=64, drop_path_rate=0.0)",
@@ -71,32 +71,12 @@ def with_oracles(colab_python):
 @pytest.fixture(scope='session')
 def colab_freeze(colab_python): return freeze(Path(colab_python).parents[1])
 
-def official_archives(dest:Path) -> Path:
-    "The six ISIC 2018 Task 1 archives in the official layout, from real shared images (disjoint ids per split)."
-    ids = sorted(p.stem for p in (REAL/'images').glob('ISIC_*.jpg'))
-    start = 0
-    for split, n in N_IDS.items():
-        chosen, start = ids[start:start + n], start + n
-        inp, gt = ISIC2018_SPLITS[split]
-        for name, files in ((inp, [REAL/'images'/f'{i}.jpg' for i in chosen]),
-                            (gt, [REAL/'masks'/f'{i}_segmentation.png' for i in chosen])):
-            with zipfile.ZipFile(dest/f'{name}.zip', 'w') as z:
-                for f in files: z.write(f, f'{name}/{f.name}')
-                z.writestr(f'{name}/LICENSE.txt', 'CC BY-NC 4.0 (ISIC Archive)')
-    return dest
-
 @pytest.fixture(scope='session')
 def isic_url(tmp_path_factory):
     "A loopback HTTP server of the stand-in archives; yields their base URL."
-    d = official_archives(tmp_path_factory.mktemp('bucket'))
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *a): pass
-    srv = ThreadingHTTPServer(('127.0.0.1', 0), partial(Quiet, directory=str(d)))
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f'http://127.0.0.1:{srv.server_address[1]}/'
-    srv.shutdown(); srv.server_close()
+    with serve_folder(official_archives(tmp_path_factory.mktemp('bucket'), N_IDS)) as url: yield url
 
-@pytest.fixture
+@pytest.fixture(scope='session')
 def colab_mount():
     "Colab's /content/drive mount point, free for the stand-in (restored afterwards)."
     mp = Path('/content/drive')
@@ -106,14 +86,14 @@ def colab_mount():
     if mp.is_symlink(): mp.unlink()
     if not had_parent and mp.parent.is_dir() and not any(mp.parent.iterdir()): mp.parent.rmdir() # leave no empty /content behind
 
-def run(py, nb, tmp, drive, overrides=None, test_flags=False, kill_when=None):
+def run(py, nb, tmp, drive, overrides=None, test_flags=False, kill_when=None, cpus=None):
     out = tmp/f'{Path(nb).stem}.executed.ipynb'
     cmd = [py, str(HERE/'run_lesson.py'), str(REPO/'nbs'/nb), '--out', str(out), '--content', str(tmp/'content'),
            '--drive', str(drive)]
     if overrides: cmd += ['--set', overrides]
     if test_flags: cmd.append('--test-flags')
     if kill_when: cmd += ['--kill-when', str(kill_when)]
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     return p.returncode, p.stdout + p.stderr, out
 
 def outputs(nb_path:Path) -> str:
@@ -149,7 +129,7 @@ def test_course_as_a_student(colab_python, colab_freeze, isic_url, colab_mount, 
     import pandas as pd
     man = pd.read_csv(ws/'cache'/'isic2018-64'/'manifest.csv')
     assert man.split.value_counts().to_dict() == N_IDS
-    assert n_images(out) >= 1 # the strip of real pairs
+    assert n_images(out) >= 2 and 'held-out validation images: Dice' in outputs(out) # the first model; the strip of real pairs
 
     # 02: a disconnect during training (the kernel killed at the first checkpoint), then the lesson run again
     ck = ws/'models'/'unet'/'checkpoint.pth'
@@ -208,7 +188,20 @@ def test_course_as_a_student(colab_python, colab_freeze, isic_url, colab_mount, 
     assert (ws/'outputs'/'06_serve-answer.png').stat().st_size > 0 and 'lesionseg serve --weights' in outputs(out)
     assert not changed(colab_freeze, freeze(Path(colab_python).parents[1]))
 
+@pytest.fixture(scope='session')
+def test_flag_runs(with_oracles, colab_mount, tmp_path_factory):
+    "Every lesson in its test mode, once per session: two kernels at a time, each on half of the cores (torch and the service follow)."
+    tmp, cpus = tmp_path_factory.mktemp('test-flags'), sorted(os.sched_getaffinity(0))
+    free = queue.Queue()
+    for half in ([set(cpus[0::2]), set(cpus[1::2])] if len(cpus) > 1 else [set(cpus)]): free.put(half)
+    def one(nb):
+        d, half = tmp/Path(nb).stem, free.get()
+        d.mkdir()
+        try: return run(with_oracles, nb, d, d/'drive', test_flags=True, cpus=half)[:2]
+        finally: free.put(half)
+    with ThreadPoolExecutor(free.qsize()) as pool: return dict(zip(NBS, pool.map(one, NBS)))
+
 @pytest.mark.parametrize('nb', NBS)
-def test_lesson_under_test_flag(with_oracles, colab_mount, tmp_path, nb):
-    rc, log, _ = run(with_oracles, nb, tmp_path, tmp_path/'drive', test_flags=True)
+def test_lesson_under_test_flag(test_flag_runs, nb):
+    rc, log = test_flag_runs[nb]
     assert rc == 0, log[-6000:]
