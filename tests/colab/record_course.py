@@ -22,15 +22,15 @@ from colab_env import build
 from stand_ins import official_archives, serve_folder
 
 # the real images per official split (disjoint): 400 to train on, the official validation set's 100, 200 to test;
-# with the epochs below, about 40 minutes on 2 cores (the Swin-T trains at about 7 images/s, the UNet at 5)
+# with the epochs below, most of an hour on 2 quiet cores (lesson 02's UNet took 2.4 minutes an epoch there)
 DOCS_IDS = dict(train=400, valid=100, test=200)
 DOCS_SCALE = {
     '00_setup.ipynb': "",
     '01_preprocessing.ipynb': "SIZE, FIRST_EPOCHS, PRETRAINED = 128, 4, False",
     '02_unet.ipynb': "SIZE, PRETRAINED, EPOCHS, BS = 128, False, 6, 16",
     '03_swin_upernet.ipynb': "SIZE, PRETRAINED, EPOCHS, BS = 128, False, 6, 16\nCONFIG = dict(decoder_channels=128)",
-    '04_tuned.ipynb': "SIZE, PRETRAINED, EPOCHS, BS = 128, False, 12, 16\nCONFIG = dict(decoder_channels=128)\n"
-                      "ABLATION_ROWS, ABLATION_EPOCHS = ['baseline', 'postprocess', 'tta'], 3",
+    '04_tuned.ipynb': "SIZE, PRETRAINED, EPOCHS, BS = 128, False, 8, 16\nCONFIG = dict(decoder_channels=128)\n"
+                      "ABLATION_ROWS, ABLATION_EPOCHS = ['baseline', 'postprocess', 'tta'], 2",
     '04a_mc_dropout.ipynb': "SIZE = 128",
     '04b_gradcam.ipynb': "SIZE = 128",
     '05_evaluate.ipynb': "SIZE = 128",

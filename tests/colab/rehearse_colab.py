@@ -17,8 +17,7 @@ lesionseg from this checkout, as it installs it from GitHub in Colab. Two kinds 
 Colab's own packages must come out of it unchanged: installing lesionseg may add, never change.
 """
 from __future__ import annotations
-import json, os, queue, re, subprocess, sys
-from concurrent.futures import ThreadPoolExecutor
+import json, os, re, subprocess, sys
 from pathlib import Path
 import pytest
 
@@ -189,17 +188,13 @@ def test_course_as_a_student(colab_python, colab_freeze, isic_url, colab_mount, 
     assert not changed(colab_freeze, freeze(Path(colab_python).parents[1]))
 
 @pytest.fixture(scope='session')
-def test_flag_runs(with_oracles, colab_mount, tmp_path_factory):
+def test_flag_runs(with_oracles, colab_mount, on_half_cores, tmp_path_factory):
     "Every lesson in its test mode, once per session: two kernels at a time, each on half of the cores (torch and the service follow)."
-    tmp, cpus = tmp_path_factory.mktemp('test-flags'), sorted(os.sched_getaffinity(0))
-    free = queue.Queue()
-    for half in ([set(cpus[0::2]), set(cpus[1::2])] if len(cpus) > 1 else [set(cpus)]): free.put(half)
-    def one(nb):
-        d, half = tmp/Path(nb).stem, free.get()
-        d.mkdir()
-        try: return run(with_oracles, nb, d, d/'drive', test_flags=True, cpus=half)[:2]
-        finally: free.put(half)
-    with ThreadPoolExecutor(free.qsize()) as pool: return dict(zip(NBS, pool.map(one, NBS)))
+    tmp = tmp_path_factory.mktemp('test-flags')
+    def one(nb, cpus):
+        d = tmp/Path(nb).stem; d.mkdir()
+        return run(with_oracles, nb, d, d/'drive', test_flags=True, cpus=cpus)[:2]
+    return dict(zip(NBS, on_half_cores(one, NBS)))
 
 @pytest.mark.parametrize('nb', NBS)
 def test_lesson_under_test_flag(test_flag_runs, nb):
