@@ -12,7 +12,7 @@ A rerun reuses the workspace in `--work` (downloads, caches, trained models, sco
 it resumes. Delete the folder to record from zero.
 """
 from __future__ import annotations
-import argparse, json, subprocess, sys, time
+import argparse, subprocess, sys, time
 from pathlib import Path
 
 HERE = Path(__file__).absolute().parent
