@@ -174,7 +174,9 @@ def _serve(args):
     if not w: raise UserError("no weights: pass --weights model.pth or set LESIONSEG_WEIGHTS.")
     if not Path(w).is_file(): raise UserError(f"weights file {w} not found; expected a model.pth written by `lesionseg train`.")
     print(f"lesionseg serve: {w} on http://{args.host}:{args.port}  (docs: /docs; stop with Ctrl-C)")
-    opts = {k: getattr(args, k) for k in ('concurrency', 'max_mc', 'max_bytes', 'max_pixels', 'max_queue', 'device', 'torch_threads')}
+    opts = {k: getattr(args, k) for k in ('concurrency', 'max_mc', 'max_bytes', 'max_pixels', 'max_output_pixels', 'max_aspect', 'max_queue',
+                                          'request_timeout', 'body_timeout', 'header_timeout', 'keep_alive', 'max_connections',
+                                          'device', 'torch_threads')}
     serve(w, host=args.host, port=args.port, log_level=args.log_level, **{k: v for k, v in opts.items() if v is not None}) # unset: $LESIONSEG_<NAME>, else the default
 
 # %% ../nbs/07_cli.ipynb #01c65719
@@ -340,7 +342,14 @@ def _parser():
     v.add_argument('--max-mc', type=int, default=None, help='upper bound of the mc option (default 50)')
     v.add_argument('--max-bytes', type=int, default=None, help='largest upload in bytes (default 20 MB; larger: 413)')
     v.add_argument('--max-pixels', type=int, default=None, help='largest image in pixels (default 50 million; larger: 413)')
+    v.add_argument('--max-output-pixels', type=int, default=None, help="largest answer in pixels (default 8 million; larger pictures: answered scaled down)")
+    v.add_argument('--max-aspect', type=float, default=None, help='longest side over shortest (default 10; more: 422)')
     v.add_argument('--max-queue', type=int, default=None, help='requests allowed to wait for a worker (default 64; more: 503)')
+    v.add_argument('--request-timeout', type=float, default=None, help='seconds a request may wait for a worker (default 60; then 503)')
+    v.add_argument('--body-timeout', type=float, default=None, help="seconds for a request's whole body (default 60; then 408)")
+    v.add_argument('--header-timeout', type=float, default=None, help="seconds for a request's head, from connecting or the last answer (default 10; then closed)")
+    v.add_argument('--keep-alive', type=float, default=None, help='seconds an idle keep-alive connection is kept (default 5)')
+    v.add_argument('--max-connections', type=int, default=None, help='open connections (default 200; more: 503 and closed)')
     v.add_argument('--device', default=None, help="'cpu', 'cuda', ... (default: the best available)")
     v.add_argument('--torch-threads', type=int, default=None, help="torch's CPU threads (default: cores // concurrency)")
     v.add_argument('--log-level', default='info')

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_inference.ipynb #7e714774
 from __future__ import annotations
-import io, os, warnings
+import io, os, re, warnings
 from pathlib import Path
 import numpy as np, cv2, torch
 from torch import nn
@@ -15,19 +15,26 @@ from .workspace import get_device
 from .uncertainty import mc_logits, check_mc_model, uncertainty_maps
 
 # %% auto #0
-__all__ = ['MAX_PIXELS', 'MAX_MC', 'TTA_FLIPS', 'DEFAULT_REVIEW_THRESHOLD', 'UNCERTAINTY_MAP', 'ImageError', 'read_image',
-           'Segmenter', 'postprocess_mask']
+__all__ = ['MAX_PIXELS', 'FORMATS', 'MAX_MC', 'TTA_FLIPS', 'DEFAULT_REVIEW_THRESHOLD', 'UNCERTAINTY_MAP', 'MAPS', 'ImageError',
+           'decode_image', 'read_image', 'Segmenter', 'postprocess_mask']
 
 # %% ../nbs/03a_inference.ipynb #692a8477
 class ImageError(ValueError):
-    "An image that cannot be used; the message names it and says what was expected."
+    "An image that cannot be used; the message names it and says what was expected; `kind` is 'size', 'format' or 'data'."
+    def __init__(self, msg:str, kind:str='data'): super().__init__(msg); self.kind = kind
 
 MAX_PIXELS = 50_000_000 # default limit on width x height: ISIC's largest photographs are about 30 MP
-_EXPECTED = "expected a complete image file (JPEG, PNG, or any format Pillow reads)"
+FORMATS = ('JPEG', 'PNG', 'TIFF', 'BMP', 'WEBP', 'GIF') # Pillow's names of the formats decoded (a camera's MPO opens as JPEG)
+_ACCEPTED = "JPEG, PNG, TIFF, BMP, WebP or GIF"
+_EXPECTED = f"expected a complete image file ({_ACCEPTED})"
 _16BIT = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 
+def _said(e:Exception) -> str:
+    "An exception's message without Python object reprs (`<_io.BytesIO object at 0x...>`)."
+    return re.sub(r'<[^<>]*\bat 0x[0-9a-fA-F]+>', 'the data', str(e))
+
 def _open(src, name:str) -> Image.Image:
-    "Open `src` (path, bytes, file object or PIL image) lazily: only the header is read."
+    "Open `src` (path, bytes, file object or PIL image) lazily, in one of `FORMATS` only: just the header is read."
     if isinstance(src, Image.Image): return src
     if isinstance(src, (bytes, bytearray, memoryview)): fp = io.BytesIO(bytes(src))
     elif isinstance(src, (str, os.PathLike)):
@@ -35,12 +42,14 @@ def _open(src, name:str) -> Image.Image:
         if not fp.is_file(): raise FileNotFoundError(f"{name}: no such file; {_EXPECTED}.")
     elif hasattr(src, 'read'): fp = src
     else: raise TypeError(f"{name}: cannot read an image from a {type(src).__name__}; expected a path, bytes, a file object or a PIL image.")
-    try: return Image.open(fp)
+    try: return Image.open(fp, formats=FORMATS)
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{name}: Pillow refuses to decode it as a possible decompression bomb ({e}); "
-                         f"{_EXPECTED} of at most {MAX_PIXELS/1e6:.0f} MP.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{name}: not an image, or a corrupt one (Pillow: {e}); {_EXPECTED}.") from None
+        raise ImageError(f"{name}: Pillow refuses to decode it as a possible decompression bomb ({_said(e)}); "
+                         f"{_EXPECTED} of at most {MAX_PIXELS/1e6:.0f} MP.", 'size') from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image in a format lesionseg reads; {_EXPECTED} (convert it to JPEG or PNG).", 'format') from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{name}: a corrupt image header (Pillow: {_said(e)}); {_EXPECTED}.") from None
 
 # %% ../nbs/03a_inference.ipynb #a7289532
 def _to_rgb(im:Image.Image, name:str) -> np.ndarray:
@@ -51,12 +60,53 @@ def _to_rgb(im:Image.Image, name:str) -> np.ndarray:
             raise ImageError(f"{name}: integer pixel values {a.min()}..{a.max()}; expected 8- or 16-bit data (0..65535).")
         a = np.rint(a.astype(np.float32)/257).astype(np.uint8) # 0..65535 onto 0..255
         return np.repeat(a[..., None], 3, axis=2)
-    if im.mode == 'F': raise ImageError(f"{name}: a floating-point image (mode F); {_EXPECTED} with 8 or 16 bits per channel.")
+    if im.mode == 'F': raise ImageError(f"{name}: a floating-point image (mode F); {_EXPECTED} with 8 or 16 bits per channel.", 'format')
     if im.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or 'transparency' in im.info: # composite on white
         im = Image.alpha_composite(Image.new('RGBA', im.size, (255, 255, 255, 255)), im.convert('RGBA'))
     try: rgb = im.convert('RGB')
-    except (ValueError, OSError) as e: raise ImageError(f"{name}: cannot convert mode {im.mode} to RGB ({e}); {_EXPECTED}.") from None
+    except (ValueError, OSError) as e: raise ImageError(f"{name}: cannot convert mode {im.mode} to RGB ({_said(e)}); {_EXPECTED}.") from None
     return np.array(rgb, dtype=np.uint8)
+
+def _upright(hw, im:Image.Image):
+    "(h, w) as a viewer shows `im`: swapped when its EXIF orientation turns it by 90 degrees (5-8)."
+    try: o = im.getexif().get(0x0112)
+    except Exception: o = None
+    return hw[::-1] if o in (5, 6, 7, 8) else hw
+
+def decode_image(
+    src, # a path, bytes (e.g. an upload), a binary file object, or a PIL image
+    name:str|None=None, # what to call it in error messages (default: the path, or '<bytes>')
+    max_pixels:int|None=MAX_PIXELS, # refuse images with more pixels (width x height) than this; None: Pillow's limit only
+    min_size=None, # (h, w) or a side: decode reduced, but to no less than this on either side; None: at full size
+    check=None, # called with the picture's upright (h, w) before anything is decoded; it may raise to refuse it
+) -> tuple: # (RGB uint8 (h', w', 3) upright, the picture's own upright (h, w))
+    "`read_image`, optionally reduced: JPEGs by libjpeg's DCT scaling (1/2, 1/4, 1/8) while decoding, other formats right after."
+    name = name or (str(src) if isinstance(src, (str, os.PathLike)) else f'<{type(src).__name__}>')
+    im = opened = _open(src, name)
+    try:
+        w, h = im.size
+        if max_pixels is not None and w*h > max_pixels:
+            raise ImageError(f"{name}: {w} x {h} pixels = {w*h/1e6:.1f} MP, more than max_pixels = {max_pixels/1e6:.1f} MP "
+                             "(a decompression bomb, or a needlessly large picture): downscale it, or raise max_pixels.", 'size')
+        full = _upright((h, w), im)
+        if check is not None: check(full)
+        side = None if min_size is None else max(_hw(min_size)) # EXIF may turn the picture: ask for the larger side on both
+        if side and im.format in ('JPEG', 'MPO'): im.draft(im.mode, (side, side)) # equal or larger than asked
+        try: im.load()
+        except Image.DecompressionBombError as e: raise ImageError(f"{name}: Pillow refuses it as a possible decompression bomb ({_said(e)}).", 'size') from None
+        except (OSError, SyntaxError, ValueError, EOFError) as e: # Pillow's words for truncated and broken data
+            raise ImageError(f"{name}: truncated or corrupt {im.format or 'image'} data (Pillow: {_said(e)}); {_EXPECTED}, "
+                             "copy or upload it again.") from None
+        if side and (k := min(im.size)//side) >= 2:
+            try: im = im.reduce(k) # a box filter: every pixel still counts
+            except ValueError: pass # a mode `reduce` does not take (palette, 1-bit): kept at full size
+        try: im = ImageOps.exif_transpose(im)
+        except Exception as e: # a broken EXIF block should not make a good picture unusable
+            warnings.warn(f"{name}: its EXIF orientation could not be read ({type(e).__name__}: {_said(e)}); using the stored orientation.")
+            full = (h, w)
+        return _to_rgb(im, name), full
+    finally:
+        if not isinstance(src, Image.Image): opened.close() # a file Pillow opened itself; the caller's file objects stay open
 
 def read_image(
     src, # a path, bytes (e.g. an upload), a binary file object, or a PIL image
@@ -64,24 +114,8 @@ def read_image(
     max_pixels:int|None=MAX_PIXELS, # refuse images with more pixels (width x height) than this; None: Pillow's limit only
 ) -> np.ndarray: # RGB uint8 (h, w, 3), upright as a viewer shows it
     "Read an image as RGB uint8: EXIF orientation applied, transparency on white, any mode and bit depth; `ImageError` if unusable."
-    name = name or (str(src) if isinstance(src, (str, os.PathLike)) else f'<{type(src).__name__}>')
-    im = opened = _open(src, name)
-    try:
-        w, h = im.size
-        if max_pixels is not None and w*h > max_pixels:
-            raise ImageError(f"{name}: {w} x {h} pixels = {w*h/1e6:.1f} MP, more than max_pixels = {max_pixels/1e6:.1f} MP "
-                             "(a decompression bomb, or a needlessly large picture): downscale it, or raise max_pixels.")
-        try: im.load()
-        except Image.DecompressionBombError as e: raise ImageError(f"{name}: Pillow refuses it as a possible decompression bomb ({e}).") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as e: # Pillow's words for truncated and broken data
-            raise ImageError(f"{name}: truncated or corrupt {im.format or 'image'} data (Pillow: {e}); {_EXPECTED}, "
-                             "copy or upload it again.") from None
-        try: im = ImageOps.exif_transpose(im)
-        except Exception as e: # a broken EXIF block should not make a good picture unusable
-            warnings.warn(f"{name}: its EXIF orientation could not be read ({type(e).__name__}: {e}); using the stored orientation.")
-        return _to_rgb(im, name)
-    finally:
-        if not isinstance(src, Image.Image): opened.close() # a file Pillow opened itself; the caller's file objects stay open
+    return decode_image(src, name, max_pixels)[0]
+
 
 # %% ../nbs/03a_inference.ipynb #9cf82b1e
 def _resize(img:np.ndarray, hw, interpolation=cv2.INTER_AREA) -> np.ndarray:
@@ -183,7 +217,7 @@ def batch_proba(self:Segmenter,
 
 # %% ../nbs/03a_inference.ipynb #7905f471
 @patch
-def _iter(self:Segmenter, images, out_sizes, bs, mc, tta, maps:bool):
+def _iter(self:Segmenter, images, out_sizes, bs, mc, tta, maps:bool, keep=None):
     images = list(images)
     if out_sizes is not None:
         out_sizes = [_hw(s) for s in out_sizes]
@@ -199,7 +233,7 @@ def _iter(self:Segmenter, images, out_sizes, bs, mc, tta, maps:bool):
         for k, im in enumerate(chunk):
             hw = out_sizes[i + k] if out_sizes is not None else im.shape[:2]
             # bilinear weights sum to 1 only up to rounding: clip into each map's range
-            yield {key: np.clip(_resize(v[k], hw, cv2.INTER_LINEAR), 0, 1) for key, v in res.items()}
+            yield {key: np.clip(_resize(v[k], hw, cv2.INTER_LINEAR), 0, 1) for key, v in res.items() if keep is None or key in keep}
 
 @patch
 def iter_proba(self:Segmenter,
@@ -247,6 +281,7 @@ def postprocess_mask(mask:np.ndarray) -> np.ndarray:
 # %% ../nbs/03a_inference.ipynb #edb91a61
 DEFAULT_REVIEW_THRESHOLD = 0.1 # mean predictive entropy (bits) above which an image goes to a person; see lesson 04a
 UNCERTAINTY_MAP = 'entropy' # the map returned as `uncertainty`; see lesson 04a
+MAPS = ('prob', 'std', 'entropy', 'mutual_info') # the float maps `predict` can return (see `uncertainty_maps`)
 
 @patch
 def review_threshold(self:Segmenter,
@@ -272,15 +307,18 @@ def predict(self:Segmenter,
     tta:bool=False, # test-time augmentation: 4 flips, each undone on the output
     threshold:float|None=None, # probability above which a pixel is lesion; None: the weights file's (`self.threshold`)
     postprocess:bool=False, # keep the largest connected component of the mask and fill its holes
+    maps=MAPS, # the float maps wanted at the output size; `prob` and the `uncertainty` map are always made
 ) -> dict:
     "Mask, mean probability and uncertainty maps of one image at its own size (or `out_size`), with summary numbers and the options used."
     mc, thr = _check_mc(mc), _check_threshold(threshold)
+    if unknown := set(maps) - set(MAPS): raise ValueError(f"Segmenter.predict: maps={maps!r}; expected names among {MAPS}.")
     thr = self.threshold if thr is None else thr
-    m = next(self._iter([image], None if out_size is None else [out_size], 1, mc, bool(tta), maps=True))
+    keep = {'prob', UNCERTAINTY_MAP, *maps} # computed at the model's size; only these are resized to the output's
+    m = next(self._iter([image], None if out_size is None else [out_size], 1, mc, bool(tta), maps=True, keep=keep))
     mask = (m['prob'] > thr).astype(np.uint8)
     if postprocess: mask = postprocess_mask(mask)
     unc = m[UNCERTAINTY_MAP]
     um = float(unc.mean())
-    return dict(mask=mask, prob=m['prob'], std=m['std'], entropy=m['entropy'], mutual_info=m['mutual_info'], uncertainty=unc,
+    return dict(mask=mask, **m, uncertainty=unc,
                 lesion_fraction=float(mask.mean()), uncertainty_mean=um, uncertainty_max=float(unc.max()),
                 review=bool(um > self.review_threshold(mc)), mc=mc, tta=bool(tta), threshold=thr, postprocess=bool(postprocess))

@@ -4,21 +4,22 @@
 
 # %% ../nbs/06_serve.ipynb #606a68fb
 from __future__ import annotations
-import base64, hashlib, io, os, time
+import base64, hashlib, logging, math, os, resource, time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Literal
 import numpy as np, cv2, torch, anyio
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from uvicorn.protocols.http.h11_impl import H11Protocol
 import lesionseg
-from .inference import ImageError, MAX_PIXELS, MAX_MC as SEG_MAX_MC, Segmenter, read_image
+from .inference import ImageError, MAX_PIXELS, MAX_MC as SEG_MAX_MC, Segmenter, decode_image
 
 # %% auto #0
-__all__ = ['MAX_BYTES', 'MAX_MC', 'heatmap', 'side_by_side', 'encode_png', 'Options', 'Timing', 'Prediction', 'BodyLimit',
-           'create_app', 'serve']
+__all__ = ['MAX_OUTPUT_PIXELS', 'MAX_ASPECT', 'PNG_MAX_SIDE', 'MAX_BYTES', 'MAX_MC', 'log', 'heatmap', 'side_by_side',
+           'encode_png', 'output_size', 'Options', 'Timing', 'Prediction', 'BodyLimit', 'create_app',
+           'GuardedH11Protocol', 'server_config', 'serve']
 
 # %% ../nbs/06_serve.ipynb #b5332301
 def heatmap(
@@ -49,12 +50,36 @@ def encode_png(
     return buf.tobytes()
 
 # %% ../nbs/06_serve.ipynb #11f3f64d
+_STATUS = {'size': 413, 'format': 415, 'shape': 422, 'data': 400} # ImageError.kind -> HTTP status
+
 def _image_error_status(e:ImageError) -> int:
-    "The HTTP status for one of `read_image`'s refusals."
-    msg = str(e)
-    if 'max_pixels' in msg or 'decompression bomb' in msg: return 413
-    if 'not an image' in msg or 'floating-point' in msg: return 415
-    return 400 # truncated or corrupt data, unusable pixel values
+    "The HTTP status for one of `decode_image`'s (or `output_size`'s) refusals, from its `kind`."
+    return _STATUS.get(getattr(e, 'kind', 'data'), 400)
+
+# %% ../nbs/06_serve.ipynb #cd98b46c
+MAX_OUTPUT_PIXELS = 8_000_000 # default cap on the answer's pixels: a 3264 x 2448 photograph
+MAX_ASPECT = 10 # default: the longest side at most 10 times the shortest
+PNG_MAX_SIDE = 1_000_000 # libpng's limit on a side, which OpenCV's encoder keeps
+
+def output_size(
+    hw, # the picture's upright (h, w)
+    max_output_pixels:int=MAX_OUTPUT_PIXELS, # the answer's largest h x w
+    max_aspect:float=MAX_ASPECT, # the largest ratio of the longer side to the shorter
+    name:str='upload', # what to call the picture in the error
+    png_width:int=2, # the PNG answer is this many outputs wide (mask | heatmap)
+) -> tuple[int, int]:
+    "(h, w) of the answer: the picture's own, or scaled down to fit `max_output_pixels`; `ImageError` (kind 'shape') if it cannot be answered."
+    h, w = int(hw[0]), int(hw[1])
+    if max(h, w) > max_aspect*min(h, w):
+        raise ImageError(f"{name}: {w} x {h} pixels, an aspect ratio of {max(h, w)/min(h, w):.0f}:1, beyond max_aspect = {max_aspect:g}:1 "
+                         "(the model sees every picture at its own 4:3 size, so such a strip would be squashed); crop it.", 'shape')
+    if h*w > max_output_pixels:
+        s = math.sqrt(max_output_pixels/(h*w))
+        h, w = max(1, int(h*s)), max(1, int(w*s))
+    if max(h, png_width*w) > PNG_MAX_SIDE:
+        raise ImageError(f"{name}: an answer of {w} x {h} pixels cannot be encoded as PNG (at most {PNG_MAX_SIDE} a side); "
+                         "raise no limit, crop the picture.", 'shape')
+    return h, w
 
 # %% ../nbs/06_serve.ipynb #dff099a1
 MAX_BYTES = 20_000_000 # default cap on a request's body: a large dermoscopic JPEG is 5-10 MB
@@ -73,8 +98,11 @@ class Timing(BaseModel):
 
 class Prediction(BaseModel):
     "The JSON answer of `POST /predict`."
-    mask_png: str = Field(description="the binary mask as a base64 greyscale PNG (0 and 255) at the image's size")
-    width: int; height: int
+    mask_png: str = Field(description="the binary mask as a base64 greyscale PNG (0 and 255) at the output size")
+    width: int = Field(description="the outputs' width: the picture's own, or less when it has more than max_output_pixels")
+    height: int = Field(description="the outputs' height")
+    image_width: int = Field(description="the uploaded picture's width, upright")
+    image_height: int = Field(description="the uploaded picture's height, upright")
     lesion_fraction: float = Field(description="fraction of the image's pixels in the mask")
     uncertainty_mean: float = Field(description="mean of the uncertainty map, in bits")
     uncertainty_max: float = Field(description="maximum of the uncertainty map, in bits")
@@ -84,28 +112,38 @@ class Prediction(BaseModel):
     arch: str | None = None
 
 _PNG_DOC = {200: {'model': Prediction, 'content': {'image/png': {}}, # FastAPI adds the JSON schema of `model`
-                  'description': "`image/png` (default): mask | uncertainty heatmap side by side, at the image's size. "
+                  'description': "`image/png` (default): mask | uncertainty heatmap side by side, at the output size "
+                                 "(headers X-Image-Width, X-Image-Height: the picture's). "
                                  "`application/json` (`Accept: application/json` or `format=json`): a `Prediction`."},
             400: {'description': 'an empty, truncated or corrupt image'},
+            408: {'description': 'the body did not arrive within body_timeout seconds'},
             413: {'description': 'more than max_bytes in the request, or more than max_pixels in the image'},
-            415: {'description': 'not an image, or an unsupported kind (floating-point)'},
-            422: {'description': 'no `file`, or an option out of range'},
-            503: {'description': 'too many requests waiting; retry after the Retry-After seconds'}}
+            415: {'description': 'not an image in an accepted format (JPEG, PNG, TIFF, BMP, WebP, GIF), or a floating-point one'},
+            422: {'description': 'no `file`, an option out of range, or a picture beyond max_aspect'},
+            503: {'description': 'too many requests waiting, or no slot within request_timeout; retry after Retry-After seconds'}}
 
 def _cores() -> int:
     try: return len(os.sched_getaffinity(0))
     except AttributeError: return os.cpu_count() or 1
 
 def _file_info(p:Path) -> dict:
+    "The weights file as `/info` shows it: its name, size and SHA-256, never where it lies."
     h = hashlib.sha256()
     with p.open('rb') as f:
         for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
-    return dict(path=str(p), bytes=p.stat().st_size, sha256=h.hexdigest())
+    return dict(name=p.name, bytes=p.stat().st_size, sha256=h.hexdigest())
+
+def _no_paths(o):
+    "`o` (plain values) with every absolute path replaced by its last part: what a stranger may see of the training run."
+    if isinstance(o, dict): return {k: _no_paths(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return [_no_paths(v) for v in o]
+    if isinstance(o, str) and (os.path.isabs(o) or o.startswith('~')): return Path(o).name
+    return o
 
 # %% ../nbs/06_serve.ipynb #76ee5eba
 class BodyLimit:
-    "ASGI middleware: 413 with a JSON `detail` for request bodies above `max_bytes`, checked before and while reading them."
-    def __init__(self, app, max_bytes:int): self.app, self.max_bytes = app, max_bytes
+    "ASGI middleware: 413 for request bodies above `max_bytes` (checked before and while reading them), 408 for a body not in within `timeout` seconds."
+    def __init__(self, app, max_bytes:int, timeout:float|None=None): self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
     def _detail(self, n:int|None=None) -> str:
         got = f"{n} bytes, " if n is not None else ''
         return (f"the request ({got}counting the multipart framing) is larger than max_bytes = {self.max_bytes} bytes; "
@@ -115,13 +153,19 @@ class BodyLimit:
         cl = dict(scope.get('headers') or []).get(b'content-length')
         if cl is not None and cl.isdigit() and int(cl) > self.max_bytes: # refused before reading anything
             return await JSONResponse({'detail': self._detail(int(cl))}, status_code=413, headers={'Connection': 'close'})(scope, receive, send)
-        seen = 0
+        seen, done, deadline = 0, False, None if self.timeout is None else time.monotonic() + self.timeout
         async def counted():
-            nonlocal seen
-            msg = await receive()
+            nonlocal seen, done
+            if done or deadline is None: msg = await receive() # the body is in: later calls wait for a disconnect, untimed
+            else:
+                with anyio.move_on_after(max(0.0, deadline - time.monotonic())) as late: msg = await receive()
+                if late.cancel_called:
+                    raise HTTPException(408, f"the request's body did not arrive within body_timeout = {self.timeout:g} s "
+                                             f"({seen} bytes came); upload it again on a better connection.", headers={'Connection': 'close'})
             if msg['type'] == 'http.request':
                 seen += len(msg.get('body', b''))
                 if seen > self.max_bytes: raise HTTPException(413, self._detail(), headers={'Connection': 'close'})
+                done = not msg.get('more_body', False)
             return msg
         await self.app(scope, counted, send)
 
@@ -141,6 +185,7 @@ def _lifespan(weights, device, concurrency, torch_threads):
         st = app.state
         st.seg, st.weights, st.limiter, st.pending = seg, _file_info(w), anyio.CapacityLimiter(concurrency), 0
         st.torch_threads = torch.get_num_threads()
+        st.counts = dict(served=0, refused=0, busy=0, timed_out=0, dropped=0, failed=0)
         with torch.inference_mode(): seg.predict(np.zeros((*seg.size, 3), np.uint8)) # warm-up: the first call pays for allocation
         yield
     return lifespan
@@ -151,27 +196,36 @@ def _wants_json(request:Request, format:str|None) -> bool:
     acc = request.headers.get('accept', '')
     return 'application/json' in acc and 'image/png' not in acc
 
-def _work(seg:Segmenter, upload:UploadFile, max_pixels:int, mc:int, tta:bool, threshold:float|None, postprocess:bool, as_json:bool):
-    "In a worker thread: the upload's bytes -> image -> prediction -> PNG or dict."
+def _work(seg:Segmenter, upload:UploadFile, lim:dict, deadline:float, mc:int, tta:bool, threshold:float|None, postprocess:bool, as_json:bool):
+    "In a worker thread: the upload's bytes -> image (reduced) -> prediction (maps at the model's size) -> PNG or dict at the output size."
     t0 = time.perf_counter()
     upload.file.seek(0); data = upload.file.read()
     name = upload.filename or 'upload'
     if not data: raise HTTPException(400, f"{name}: an empty file (0 bytes); expected a JPEG or PNG image.")
-    try: image = read_image(data, name=name, max_pixels=max_pixels)
+    out = {}
+    def check(hw): out['hw'] = output_size(hw, lim['max_output_pixels'], lim['max_aspect'], name, 1 if as_json else 2)
+    try: image, full = decode_image(data, name=name, max_pixels=lim['max_pixels'], min_size=seg.size, check=check)
     except ImageError as e: raise HTTPException(_image_error_status(e), str(e)) from None
-    r = seg.predict(image, mc=mc, tta=tta, threshold=threshold, postprocess=postprocess)
+    del data
+    if time.monotonic() > deadline: raise _late(lim)
+    r = seg.predict(image, out['hw'], mc=mc, tta=tta, threshold=threshold, postprocess=postprocess, maps=())
     h, w = r['mask'].shape
-    out = dict(width=w, height=h, lesion_fraction=float(r['lesion_fraction']), uncertainty_mean=float(r['uncertainty_mean']),
-               uncertainty_max=float(r['uncertainty_max']), review=bool(r['review']),
-               options=dict(mc=int(r['mc']), tta=bool(r['tta']), threshold=float(r['threshold']),
-                            postprocess=bool(r['postprocess'])), arch=seg.arch)
-    if as_json: out['mask_png'] = base64.b64encode(encode_png(r['mask'].astype(np.uint8)*255)).decode('ascii')
-    else: out['png'] = encode_png(side_by_side(r['mask'], r['uncertainty']))
-    out['inference_s'] = time.perf_counter() - t0
-    return out
+    res = dict(width=w, height=h, image_width=full[1], image_height=full[0], lesion_fraction=float(r['lesion_fraction']),
+               uncertainty_mean=float(r['uncertainty_mean']), uncertainty_max=float(r['uncertainty_max']), review=bool(r['review']),
+               options=dict(mc=int(r['mc']), tta=bool(r['tta']), threshold=float(r['threshold']), postprocess=bool(r['postprocess'])),
+               arch=seg.arch)
+    if as_json: res['mask_png'] = base64.b64encode(encode_png(r['mask'].astype(np.uint8)*255)).decode('ascii')
+    else: res['png'] = encode_png(side_by_side(r['mask'], r['uncertainty']))
+    res['inference_s'] = time.perf_counter() - t0
+    return res
+
+def _late(lim:dict) -> HTTPException:
+    return HTTPException(503, f"the request could not start within request_timeout = {lim['request_timeout']:g} s (the service is "
+                              "busy); retry shortly.", headers={'Retry-After': '1'})
 
 # %% ../nbs/06_serve.ipynb #5826d98c
 _ENV = 'LESIONSEG_' # every setting of `create_app` can also come from the environment: LESIONSEG_MAX_BYTES, ...
+log = logging.getLogger('lesionseg.serve')
 
 def _setting(name:str, value, default, cast=int):
     "`value` if given, else `$LESIONSEG_<NAME>` read with `cast`, else `default`."
@@ -179,89 +233,177 @@ def _setting(name:str, value, default, cast=int):
     env = _ENV + name.upper(); v = os.environ.get(env, '').strip()
     if not v: return default
     try: return cast(v)
-    except ValueError: raise ValueError(f"lesionseg serve: {env}={v!r}; expected {'an integer' if cast is int else cast.__name__}.") from None
+    except ValueError: raise ValueError(f"lesionseg serve: {env}={v!r}; expected {'an integer' if cast is int else 'a number' if cast is float else cast.__name__}.") from None
 
 def create_app(
     weights:str|Path|None=None, # a file written by `save_weights`; None: `$LESIONSEG_WEIGHTS`
     *,
     max_bytes:int|None=None, # refuse request bodies larger than this (413), counted while they arrive; MAX_BYTES
     max_pixels:int|None=None, # refuse images with more pixels than this (413), from the header; MAX_PIXELS
+    max_output_pixels:int|None=None, # answer larger pictures scaled down to this many pixels; MAX_OUTPUT_PIXELS
+    max_aspect:float|None=None, # refuse pictures whose long side is more than this many times the short one (422); MAX_ASPECT
     max_mc:int|None=None, # upper bound of the `mc` option (422 above); MAX_MC
     concurrency:int|None=None, # images worked on at the same time (worker threads); 1
     max_queue:int|None=None, # requests allowed to wait for a worker; more get 503; 64
+    request_timeout:float|None=None, # seconds a request may wait for a worker (and until its inference starts); 503 after; 60
+    body_timeout:float|None=None, # seconds for a request's whole body to arrive; 408 after; 60
     device:str|None=None, # 'cpu', 'cuda', ...; the best available
     torch_threads:int|None=None, # torch's CPU threads for the process; cores // concurrency
 ) -> FastAPI:
     "The lesionseg HTTP service: `POST /predict`, `GET /health`, `GET /info`. The model loads when the server starts; a setting left None comes from `$LESIONSEG_<NAME>`, else its default."
     max_bytes, max_pixels = _setting('max_bytes', max_bytes, MAX_BYTES), _setting('max_pixels', max_pixels, MAX_PIXELS)
+    max_output_pixels = _setting('max_output_pixels', max_output_pixels, MAX_OUTPUT_PIXELS)
+    max_aspect = _setting('max_aspect', max_aspect, MAX_ASPECT, float)
     max_mc, concurrency = _setting('max_mc', max_mc, MAX_MC), _setting('concurrency', concurrency, 1)
     max_queue, torch_threads = _setting('max_queue', max_queue, 64), _setting('torch_threads', torch_threads, None)
+    request_timeout, body_timeout = _setting('request_timeout', request_timeout, 60.0, float), _setting('body_timeout', body_timeout, 60.0, float)
     device = _setting('device', device, None, str)
-    if (concurrency < 1 or max_queue < 0 or not 0 <= max_mc <= SEG_MAX_MC or max_bytes < 1 or max_pixels < 1
-        or (torch_threads is not None and torch_threads < 1)):
+    if (concurrency < 1 or max_queue < 0 or not 0 <= max_mc <= SEG_MAX_MC or max_bytes < 1 or max_pixels < 1 or max_output_pixels < 1
+        or max_aspect < 1 or request_timeout <= 0 or body_timeout <= 0 or (torch_threads is not None and torch_threads < 1)):
         raise ValueError(f"create_app: concurrency={concurrency} (>= 1), max_queue={max_queue} (>= 0), max_mc={max_mc} "
-                         f"(0..{SEG_MAX_MC}, the Segmenter's limit), max_bytes={max_bytes}, max_pixels={max_pixels} and "
-                         f"torch_threads={torch_threads} (>= 1): one of them is out of range.")
-    app = FastAPI(title='lesionseg', version=lesionseg.__version__,
+                         f"(0..{SEG_MAX_MC}, the Segmenter's limit), max_bytes={max_bytes}, max_pixels={max_pixels}, "
+                         f"max_output_pixels={max_output_pixels}, torch_threads={torch_threads} (>= 1), max_aspect={max_aspect} (>= 1), "
+                         f"request_timeout={request_timeout} and body_timeout={body_timeout} (> 0 s): one of them is out of range.")
+    app = FastAPI(title='lesionseg', version=lesionseg.__version__, redirect_slashes=False, # no redirect that echoes the Host header
                   summary='Skin lesion segmentation with uncertainty (Swin-T + UPerNet / UNet, MC Dropout)',
                   lifespan=_lifespan(weights, device, concurrency, torch_threads))
-    app.add_middleware(BodyLimit, max_bytes=max_bytes)
-    app.state.limits = dict(max_bytes=max_bytes, max_pixels=max_pixels, max_mc=max_mc, concurrency=concurrency, max_queue=max_queue)
+    app.add_middleware(BodyLimit, max_bytes=max_bytes, timeout=body_timeout)
+    app.state.limits = dict(max_bytes=max_bytes, max_pixels=max_pixels, max_output_pixels=max_output_pixels, max_aspect=max_aspect,
+                            max_mc=max_mc, concurrency=concurrency, max_queue=max_queue, request_timeout=request_timeout,
+                            body_timeout=body_timeout)
 
     @app.exception_handler(Exception)
-    async def _internal(request:Request, e:Exception): # anything unforeseen: still a JSON `detail`, and the server carries on
-        return JSONResponse({'detail': f"internal error ({type(e).__name__}: {e}); the server is still running, "
+    async def _internal(request:Request, e:Exception): # anything unforeseen outside /predict: still a JSON `detail`
+        return JSONResponse({'detail': f"internal error ({type(e).__name__}); the server is still running, "
                                        "please report this with the image if it repeats."}, status_code=500)
 
     @app.get('/health', summary='Liveness: the model is loaded and the server answers')
     async def health(): return {'status': 'ok'}
 
-    @app.get('/info', summary='The model, its weights file, the versions and the limits')
+    @app.get('/info', summary="The model, its weights file (name and hash), the versions, the limits and the requests' counts")
     async def info(request:Request):
         st = request.app.state; seg = st.seg
-        return dict(arch=seg.arch, size=list(seg.size), threshold=seg.threshold, config=seg.meta.get('config'),
-                    weights=st.weights, summary=seg.meta.get('summary', {}), trained_with=seg.meta.get('lesionseg_version'),
+        return dict(arch=seg.arch, size=list(seg.size), threshold=seg.threshold, config=_no_paths(seg.meta.get('config')),
+                    weights=st.weights, summary=_no_paths(seg.meta.get('summary', {})), trained_with=seg.meta.get('lesionseg_version'),
                     lesionseg_version=lesionseg.__version__, torch_version=torch.__version__, device=str(seg.device),
-                    torch_threads=st.torch_threads, limits=st.limits)
+                    torch_threads=st.torch_threads, limits=st.limits, server=getattr(st, 'server', None), requests=st.counts)
 
-    @app.post('/predict', summary='Segment one image', responses=_PNG_DOC, response_class=Response)
     async def predict(request:Request,
-        file:UploadFile=File(..., description='the image: JPEG, PNG, or any format Pillow reads'),
+        file:UploadFile=File(..., description='the image: JPEG, PNG, TIFF, BMP, WebP or GIF (its first frame)'),
         mc:int=Query(0, ge=0, le=max_mc, description=f'MC Dropout samples, 0..{max_mc} (0: deterministic)'),
         threshold:float|None=Query(None, gt=0, lt=1, description="probability above which a pixel is lesion; default: the model's"),
         tta:bool=Query(False, description='test-time augmentation (flips)'),
         postprocess:bool=Query(False, description='keep the largest connected component of the mask, holes filled'),
         format:Literal['png', 'json']|None=Query(None, description='png or json; default: from the Accept header, else png'),
     ):
-        t0 = time.perf_counter(); st = request.app.state
+        t0 = time.perf_counter(); st = request.app.state; lim = st.limits
+        deadline = time.monotonic() + lim['request_timeout']
         as_json = _wants_json(request, format)
-        if st.pending >= st.limits['concurrency'] + st.limits['max_queue']:
+        if st.pending >= lim['concurrency'] + lim['max_queue']:
+            st.counts['busy'] += 1
             raise HTTPException(503, f"busy: {st.pending} requests in progress or waiting (concurrency "
-                                     f"{st.limits['concurrency']} + max_queue {st.limits['max_queue']}); retry shortly.",
+                                     f"{lim['concurrency']} + max_queue {lim['max_queue']}); retry shortly.",
                                 headers={'Retry-After': '1'})
         st.pending += 1
         try:
-            async with st.limiter: # wait for a slot here, in the event loop, so that the wait can be timed
+            with anyio.move_on_after(lim['request_timeout']) as waited: await st.limiter.acquire() # wait here, in the event loop
+            if waited.cancel_called: raise _late(lim)
+            try:
                 t1 = time.perf_counter()
-                r = await anyio.to_thread.run_sync(_work, st.seg, file, st.limits['max_pixels'], mc, tta, threshold, postprocess, as_json)
+                if await request.is_disconnected(): # the client has gone: nobody would read the answer
+                    st.counts['dropped'] += 1; return Response(status_code=499)
+                r = await anyio.to_thread.run_sync(_work, st.seg, file, lim, deadline, mc, tta, threshold, postprocess, as_json)
+            finally: st.limiter.release()
+        except HTTPException as e:
+            st.counts['timed_out' if e.status_code == 503 else 'refused'] += 1; raise
+        except Exception as e: # a bug, not the client's input: answered here (not re-raised), so the connection stays usable
+            st.counts['failed'] += 1
+            log.exception('lesionseg serve: /predict failed on %s', file.filename)
+            return JSONResponse({'detail': f"internal error ({type(e).__name__}); the server is still running, "
+                                           "please report this with the image if it repeats."}, status_code=500)
         finally: st.pending -= 1
+        st.counts['served'] += 1
         timing = dict(queue_s=t1 - t0, inference_s=r.pop('inference_s'), total_s=time.perf_counter() - t0)
         if as_json: return JSONResponse(Prediction(**r, timing=timing).model_dump())
         hdr = {'X-Lesion-Fraction': f"{r['lesion_fraction']:.6f}", 'X-Uncertainty-Mean': f"{r['uncertainty_mean']:.6f}",
                'X-Uncertainty-Max': f"{r['uncertainty_max']:.6f}", 'X-Review': str(r['review']).lower(),
+               'X-Image-Width': str(r['image_width']), 'X-Image-Height': str(r['image_height']),
                'X-Inference-Seconds': f"{timing['inference_s']:.4f}"}
         return Response(r['png'], media_type='image/png', headers=hdr)
 
+    app.post('/predict', summary='Segment one image', responses=_PNG_DOC, response_class=Response)(predict)
+    app.post('/predict/', include_in_schema=False, response_class=Response)(predict) # the original service's route, answered alike
     return app
 
 # %% ../nbs/06_serve.ipynb #dbaed470
+class GuardedH11Protocol(H11Protocol):
+    "uvicorn's h11 protocol with a deadline on every request's headers and a cap on open connections (refused at once above it)."
+    header_timeout:float = 10.0 # seconds from connecting, or from the last answer, to a complete request head
+    max_connections:int = 200 # open connections; more are answered 503 and closed before they can hold a file descriptor
+    _BODY = b'{"detail": "too many open connections; retry shortly."}'
+    _BUSY = (b'HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\n'
+             b'content-length: %d\r\n\r\n' % len(_BODY) + _BODY)
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self._timer = None
+        if len(self.connections) > self.max_connections:
+            transport.write(self._BUSY); transport.close(); return
+        self._arm()
+    def _arm(self):
+        if self._timer is not None: self._timer.cancel()
+        self._waiting_after = self.cycle # no new request since this one: the head is late
+        self._timer = self.loop.call_later(self.header_timeout, self._late)
+    def _late(self):
+        if self.cycle is self._waiting_after and not self.transport.is_closing(): self.transport.close()
+    def on_response_complete(self):
+        self._arm() # before uvicorn starts a pipelined request's cycle, so that one is not taken for late
+        super().on_response_complete()
+    def connection_lost(self, exc):
+        if getattr(self, '_timer', None) is not None: self._timer.cancel()
+        super().connection_lost(exc)
+
+def _open_files() -> int:
+    "File descriptors this process holds now (Linux, macOS); 64 where they cannot be counted."
+    for d in ('/proc/self/fd', '/dev/fd'):
+        try: return len(os.listdir(d))
+        except OSError: pass
+    return 64
+
+def _fd_cap(wanted:int) -> int:
+    "`wanted` connections, or fewer if the open-file limit could not hold them beside what is open (two each: socket, upload's temp file)."
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return wanted if soft == resource.RLIM_INFINITY else max(1, min(wanted, (soft - _open_files() - 32)//2))
+
+def server_config(
+    app:FastAPI, # from `create_app`
+    host:str='127.0.0.1', # the address to listen on ('0.0.0.0': every interface)
+    port:int=8000, # the TCP port
+    log_level:str='info', # uvicorn's log level
+    header_timeout:float|None=None, # seconds a connection may take to send a request's head (from connecting or from the last answer); 10
+    keep_alive:float|None=None, # seconds an idle keep-alive connection is kept after an answer; 5
+    max_connections:int|None=None, # open connections (more: 503 and closed at once); 200, fewer if the open-file limit is lower
+):
+    "The uvicorn configuration `serve` runs: the guarded protocol, its timeouts and its connection cap (settings from `$LESIONSEG_<NAME>` when None)."
+    import uvicorn
+    header_timeout = _setting('header_timeout', header_timeout, 10.0, float)
+    keep_alive, max_connections = _setting('keep_alive', keep_alive, 5.0, float), _setting('max_connections', max_connections, 200)
+    if header_timeout <= 0 or keep_alive <= 0 or max_connections < 1:
+        raise ValueError(f"server_config: header_timeout={header_timeout}, keep_alive={keep_alive} (> 0 s) and max_connections="
+                         f"{max_connections} (>= 1): one of them is out of range.")
+    proto = type('GuardedH11Protocol', (GuardedH11Protocol,), dict(header_timeout=header_timeout, max_connections=_fd_cap(max_connections)))
+    app.state.server = dict(header_timeout=header_timeout, keep_alive=keep_alive, max_connections=proto.max_connections)
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=proto, timeout_keep_alive=keep_alive)
+
 def serve(
     weights:str|Path|None=None, # a file written by `save_weights`; None: `$LESIONSEG_WEIGHTS`
     host:str='127.0.0.1', # the address to listen on ('0.0.0.0': every interface)
     port:int=8000, # the TCP port
     log_level:str='info', # uvicorn's log level
-    **kwargs, # `create_app`'s settings: max_bytes, max_pixels, max_mc, concurrency, max_queue, device, torch_threads
+    header_timeout:float|None=None, # see `server_config`
+    keep_alive:float|None=None, # see `server_config`
+    max_connections:int|None=None, # see `server_config`
+    **kwargs, # `create_app`'s settings: max_bytes, max_pixels, max_output_pixels, max_aspect, max_mc, concurrency, max_queue, request_timeout, body_timeout, device, torch_threads
 ):
     "Run the service with uvicorn until interrupted (one process; see the deployment notes for more)."
     import uvicorn
-    uvicorn.run(create_app(weights, **kwargs), host=host, port=port, log_level=log_level)
+    uvicorn.Server(server_config(create_app(weights, **kwargs), host, port, log_level, header_timeout, keep_alive, max_connections)).run()

@@ -1,7 +1,7 @@
 """The docs site builds: nbdev's own processing for rendering (`nbdev_proc_nbs`, what `nbdev_docs` runs before Quarto)
 succeeds on every notebook. It executes the cells it needs for `show_doc` (exports, imports, `show_doc` calls) with
 `IN_TEST` set and nothing else: a cell that imports and also runs a lesson's experiment would run here without its settings."""
-import os, subprocess, sys
+import subprocess, sys
 from pathlib import Path
 import pytest
 from nbdev.config import get_config
@@ -14,18 +14,8 @@ from nbdev.serve_drv import main
 from nbdev.processors import FilterDefaults
 main((Path(sys.argv[1]), Path(sys.argv[2]), FilterDefaults))"""
 
-@pytest.fixture(scope='session')
-def processed(on_half_cores, tmp_path_factory):
-    "Every notebook through nbdev's docs processing, once: two at a time, each on half of the cores."
-    tmp = tmp_path_factory.mktemp('proc')
-    def one(nb, cpus):
-        out = tmp/nb.name
-        p = subprocess.run([sys.executable, '-c', PROC, str(nb.absolute()), str(out)], capture_output=True, text=True,
-                           cwd=cfg.config_path, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
-        return p.returncode == 0 and out.exists(), p.stderr
-    return dict(zip(NBS, on_half_cores(one, NBS)))
-
 @pytest.mark.parametrize('nb', NBS, ids=[p.name for p in NBS])
-def test_docs_processing(processed, nb):
-    ok, err = processed[nb]
-    assert ok, f"{nb.name}: nbdev's docs processing failed:\n{err[-4000:]}"
+def test_docs_processing(nb, tmp_path):
+    out = tmp_path/nb.name
+    p = subprocess.run([sys.executable, '-c', PROC, str(nb.absolute()), str(out)], capture_output=True, text=True, cwd=cfg.config_path)
+    assert p.returncode == 0 and out.exists(), f"{nb.name}: nbdev's docs processing failed:\n{p.stderr[-4000:]}"

@@ -10,12 +10,13 @@ from PIL import Image
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 from lesionseg.data import synth_lesion
-from lesionseg.inference import Segmenter, read_image
+from lesionseg.inference import Segmenter, decode_image
 from lesionseg.learner import save_weights
 from lesionseg.serve import side_by_side
 from lesionseg.upernet import SwinUPerNet, tiny_config
 
 MAX_BYTES, MAX_PIXELS, MAX_MC = 300_000, 4_000_000, 20
+pytestmark = pytest.mark.xdist_group('serve') # one worker starts this file's servers, once
 
 def _free_port() -> int:
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
@@ -26,10 +27,10 @@ def _rss_kb(pid:int) -> int:
     raise RuntimeError(f'no VmRSS for pid {pid}')
 
 class Server:
-    "`lesionseg.serve.serve(weights, **kw)` in a subprocess on a free loopback port."
-    def __init__(self, weights, **kw):
+    "`lesionseg.serve.serve(weights, **kw)` in a subprocess on a free loopback port (after the Python lines `prelude`)."
+    def __init__(self, weights, prelude:str='', **kw):
         self.port = _free_port(); self.url = f'http://127.0.0.1:{self.port}'
-        code = (f"from lesionseg.serve import serve; serve({str(weights)!r}, port={self.port}, log_level='warning', "
+        code = prelude + (f"from lesionseg.serve import serve; serve({str(weights)!r}, port={self.port}, log_level='warning', "
                 + ', '.join(f'{k}={v!r}' for k, v in kw.items()) + ')')
         self.log = open(Path(weights).parent/f'server-{self.port}.log', 'w+')
         self.proc = subprocess.Popen([sys.executable, '-c', code], stdout=self.log, stderr=subprocess.STDOUT,
@@ -96,6 +97,11 @@ def _png_header(w, h) -> bytes:
 IMG = synth_lesion(3, (150, 200))[0]
 JPG = _encode(IMG, 'JPEG', quality=90)
 
+def _served(seg:Segmenter, data:bytes) -> dict:
+    "`seg.predict` on `data` as the service decodes it: reduced to no less than the model's input, answered at the picture's size."
+    image, hw = decode_image(data, min_size=seg.size)
+    return seg.predict(image, hw)
+
 def _png_rgb(content) -> np.ndarray: return np.asarray(Image.open(io.BytesIO(content)).convert('RGB'))
 
 # ---- health, info, startup -------------------------------------------------------------------------------------------
@@ -104,9 +110,12 @@ def test_health_and_info(client, weights):
     assert client.get('/health').json() == {'status': 'ok'}
     i = client.get('/info').json()
     assert (i['arch'], i['size'], i['threshold']) == ('swin-upernet', [64, 64], 0.5)
-    assert i['weights']['path'] == str(weights) and i['weights']['bytes'] == weights.stat().st_size and len(i['weights']['sha256']) == 64
+    assert i['weights']['name'] == weights.name and i['weights']['bytes'] == weights.stat().st_size and len(i['weights']['sha256']) == 64
     assert i['summary'] == {'epochs': 0} and i['lesionseg_version'] and i['device'] == 'cpu'
-    assert i['limits'] == dict(max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, max_mc=MAX_MC, concurrency=2, max_queue=64)
+    assert i['limits'] == dict(max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, max_output_pixels=8_000_000, max_aspect=10, max_mc=MAX_MC,
+                               concurrency=2, max_queue=64, request_timeout=60, body_timeout=60)
+    assert i['server'] == dict(header_timeout=10, keep_alive=5, max_connections=min(200, i['server']['max_connections']))
+    assert set(i['requests']) == {'served', 'refused', 'busy', 'timed_out', 'dropped', 'failed'}
     assert i['torch_threads'] == max(1, len(os.sched_getaffinity(0))//2) # concurrency 2: half the cores each, no oversubscription
 
 def test_missing_weights_is_a_clear_startup_error(tmp_path, capfd):
@@ -152,7 +161,7 @@ def test_uvicorn_factory_form_reads_the_environment(weights):
                     if httpx.get(url + '/health', timeout=1).status_code == 200: break
                 except httpx.TransportError: time.sleep(0.2)
             i = httpx.get(url + '/info').json()
-            assert i['weights']['path'] == str(weights) and i['limits']['max_mc'] == 7 and i['torch_threads'] == 1
+            assert i['weights']['name'] == weights.name and i['limits']['max_mc'] == 7 and i['torch_threads'] == 1
             assert httpx.post(url + '/predict?mc=8', files={'file': ('x.jpg', JPG)}).status_code == 422
             assert httpx.post(url + '/predict?mc=7', files={'file': ('x.jpg', JPG)}, timeout=60).headers['content-type'] == 'image/png'
         finally:
@@ -169,7 +178,7 @@ def test_png_is_mask_and_heatmap_side_by_side(client, weights):
     assert set(np.unique(mask)) <= {0, 255} and (mask == mask[..., :1]).all() # black and white only
     assert abs((mask[..., 0] > 0).mean() - float(r.headers['x-lesion-fraction'])) < 1e-5
     # the same numbers as the Segmenter in this process (mc=0 is deterministic; threads may change the last bits)
-    ref = Segmenter.from_file(weights, device='cpu').predict(read_image(JPG))
+    ref = _served(Segmenter.from_file(weights, device='cpu'), JPG)
     expected = side_by_side(ref['mask'], ref['uncertainty'])
     assert (np.abs(png.astype(int) - expected).max(-1) <= 2).mean() > 0.999
     # colours in RGB order: where the model is unsure the heatmap is red, where it is sure it is blue
@@ -185,7 +194,7 @@ def test_heatmap_colours_are_matplotlibs_turbo_in_rgb(client, weights):
     turbo = np.rint(matplotlib.colormaps['turbo'](np.arange(256))[:, :3]*255).astype(np.uint8)
     assert tuple(turbo[255]) == (122, 4, 3) and tuple(turbo[0]) == (48, 18, 59) # dark red at 1 bit, dark blue-violet at 0
     heat = _png_rgb(client.post('/predict', files={'file': ('lesion.jpg', JPG)}).content)[:, 200:]
-    u = Segmenter.from_file(weights, device='cpu').predict(read_image(JPG))['uncertainty']
+    u = _served(Segmenter.from_file(weights, device='cpu'), JPG)['uncertainty']
     expected = turbo[np.rint(np.clip(u, 0, 1)*255).astype(int)]
     assert (heat == expected).all(-1).mean() > 0.99 # the server's threads may move a few pixels by one step of the LUT
     top = u >= 0.98 # the last 6 entries of the LUT: dark red, from (146, 11, 1) to (122, 4, 3) at 1 bit
@@ -210,7 +219,8 @@ def test_json_fields(client):
                     headers={'Accept': 'application/json'})
     assert r.status_code == 200 and r.headers['content-type'] == 'application/json', r.text
     j = r.json()
-    assert set(j) == {'mask_png', 'width', 'height', 'lesion_fraction', 'uncertainty_mean', 'uncertainty_max', 'review',
+    assert (j['image_width'], j['image_height']) == (200, 150)
+    assert set(j) == {'mask_png', 'width', 'height', 'image_width', 'image_height', 'lesion_fraction', 'uncertainty_mean', 'uncertainty_max', 'review',
                       'options', 'timing', 'arch'}
     mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(j['mask_png']))))
     assert mask.shape == (150, 200) == (j['height'], j['width']) and set(np.unique(mask)) <= {0, 255}
