@@ -68,7 +68,8 @@ def main():
     a = ap.parse_args()
     load0 = load1()
     tmp = Path(tempfile.mkdtemp())
-    model = build_model(a.arch, **CONFIGS[a.arch])
+    import torch; torch.manual_seed(0)
+    model = build_model(a.arch, {**CONFIGS[a.arch], 'img_size': a.size})
     weights = save_weights(tmp/'model.pth', model, a.arch, a.size, summary={'note': 'random weights, for the soak'})
     del model
     jpgs, src = images(16)
@@ -140,14 +141,15 @@ def main():
                         with socket.create_connection(('127.0.0.1', port), timeout=15) as s:
                             s.sendall(head); got = b''; t0 = time.monotonic()
                             s.settimeout(0.05)
-                            for b in body[:400]:
-                                try: s.send(bytes([b]))
-                                except OSError: break
-                                try:
-                                    d = s.recv(4096)
-                                    if not d: break
-                                    got += d
-                                except socket.timeout: pass
+                            try:
+                                for b in body[:400]:
+                                    s.send(bytes([b]))
+                                    try:
+                                        d = s.recv(4096)
+                                        if not d: break
+                                        got += d
+                                    except socket.timeout: pass
+                            except (ConnectionResetError, BrokenPipeError): pass # the server closed it while bytes were in flight
                             status = got[9:12].decode() if got.startswith(b'HTTP/1.1 ') else 'closed'
                             note(kind, status, None if status in ('408', 'closed') else f'a trickling upload got {got[:40]!r}')
                 except Exception as e: note(kind, type(e).__name__, f'{type(e).__name__}: {e}')

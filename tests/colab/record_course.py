@@ -1,6 +1,6 @@
 """Record the lessons' outputs from a real run: what the docs site shows. `python tests/colab/record_course.py`
 
-Runs lessons 00 -> 06 in course order as a person in Colab would (`run_lesson.py`: Colab's package
+Runs lessons 00 -> 07 in course order as a person in Colab would (`run_lesson.py`: Colab's package
 versions from `.colab-venv`, a stand-in Drive, the install from this checkout), on official-layout ISIC
 2018 archives made from the shared real images (`stand_ins.py`) and served on loopback, at the scale a
 2-core CPU allows (`DOCS_SCALE`: the student's own edits of each settings cell, from scratch since no
@@ -36,12 +36,19 @@ DOCS_SCALE = {
     '05_evaluate.ipynb': "SIZE = 128",
     '06_serve.ipynb': "SIZE = 128",
 }
+# the lessons without a settings cell: they teach one part of the library on synthetic lesions and, where the
+# shared copy of ISIC 2018 is above the working folder (here; never in Colab), on real images; run as they are
+LIBRARY = ['01a_data.ipynb', '01b_metrics.ipynb', '01c_learner.ipynb', '03a_inference.ipynb', '07_cli.ipynb']
+ORDER = sorted([*DOCS_SCALE, *LIBRARY]) # course order is name order
 NOTE = '**The outputs on this page**'
 
-def note(overrides:str, n_ids:dict, trains:bool=True) -> str:
+def note(overrides:str, n_ids:dict, trains:bool=True, library:bool=False) -> str:
     "The markdown cell that says which run the committed outputs come from."
     where = ("in a Colab-like environment on a 2-core CPU without a GPU (Colab's package versions, a stand-in Drive at "
              "/content/drive)")
+    if library: return (f"> {NOTE} come from running this lesson as it is, as a student would, {where}; its sections on real "
+                        "images found the shared 256 x 192 copy of the ISIC 2018 training images beside that machine's checkout "
+                        "(in Colab they say so and skip). `tests/colab/record_course.py` made them.")
     if not trains: return f"> {NOTE} come from running this lesson as a student would in Colab, {where}; `tests/colab/record_course.py` made them."
     settings = f"with the settings above changed to `{'; '.join(overrides.splitlines())}`" if overrides else "with the settings above"
     data = (f"{n_ids['train']} training, {n_ids['valid']} validation and {n_ids['test']} test images of ISIC 2018 (256 x 192 copies "
@@ -61,21 +68,22 @@ def write_back(executed:Path, source:Path, overrides:str, n_ids:dict):
             r = ran.get(c.get('id'))
             c.outputs = r.outputs if r is not None else []
             c.execution_count = None
-    i = next(i for i, c in enumerate(cells) if 'parameters' in c.get('metadata', {}).get('tags', []))
-    cells.insert(i + 1, nbformat.v4.new_markdown_cell(note(overrides, n_ids, trains=not source.name.startswith('00_'))))
+    library = source.name in LIBRARY
+    i = next(i for i, c in enumerate(cells) if ('colab-badge' in c.source) if library else 'parameters' in c.get('metadata', {}).get('tags', []))
+    cells.insert(i + 1, nbformat.v4.new_markdown_cell(note(overrides, n_ids, trains=not source.name.startswith('00_'), library=library)))
     nb.cells = cells
     tmp = source.with_suffix('.tmp.ipynb'); nbformat.write(nb, tmp); tmp.replace(source)
 
 def run_one(py, nb, work:Path, url:str, write:bool):
     "Run lesson `nb` as a student with its DOCS_SCALE edits (the archives from `url`); write its outputs back if `write`."
-    over = DOCS_SCALE[nb] + (f"\nISIC_URL = {url!r}" if nb.startswith('01_') else '')
+    over = DOCS_SCALE.get(nb, '') + (f"\nISIC_URL = {url!r}" if nb.startswith('01_') else '')
     out, t0 = work/f'{Path(nb).stem}.executed.ipynb', time.time()
     cmd = [py, str(HERE/'run_lesson.py'), str(REPO/'nbs'/nb), '--out', str(out), '--content', str(work/'content'),
            '--drive', str(work/'drive')] + (['--set', over] if over else [])
     rc = subprocess.run(cmd).returncode
     print(f'{nb}: rc {rc} in {time.time() - t0:.0f} s', flush=True)
     if rc: raise SystemExit(f'{nb} failed: see {out}')
-    if write: write_back(out, REPO/'nbs'/nb, DOCS_SCALE[nb], DOCS_IDS)
+    if write: write_back(out, REPO/'nbs'/nb, DOCS_SCALE.get(nb, ''), DOCS_IDS)
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -85,9 +93,9 @@ def main(argv=None):
     ap.add_argument('--no-run', action='store_true', help="only write back the lessons executed earlier in --work")
     a = ap.parse_args(argv)
     work = Path(a.work).absolute(); work.mkdir(parents=True, exist_ok=True)
-    lessons = [n for n in DOCS_SCALE if not a.only or n in a.only]
+    lessons = [n for n in ORDER if not a.only or n in a.only]
     if a.no_run:
-        for nb in lessons: write_back(work/f'{Path(nb).stem}.executed.ipynb', REPO/'nbs'/nb, DOCS_SCALE[nb], DOCS_IDS)
+        for nb in lessons: write_back(work/f'{Path(nb).stem}.executed.ipynb', REPO/'nbs'/nb, DOCS_SCALE.get(nb, ''), DOCS_IDS)
         return
     py = str(build(REPO/'.colab-venv')/'bin'/'python')
     subprocess.run([py, '-m', 'pip', 'uninstall', '-y', '-q', 'lesionseg'], capture_output=True) # lesson 00 installs this checkout
