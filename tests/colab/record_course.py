@@ -69,7 +69,8 @@ def write_back(executed:Path, source:Path, overrides:str, n_ids:dict):
             c.outputs = r.outputs if r is not None else []
             c.execution_count = None
     library = source.name in LIBRARY
-    i = next(i for i, c in enumerate(cells) if ('colab-badge' in c.source) if library else 'parameters' in c.get('metadata', {}).get('tags', []))
+    at = (lambda c: 'colab-badge' in c.source) if library else (lambda c: 'parameters' in c.get('metadata', {}).get('tags', []))
+    i = next(i for i, c in enumerate(cells) if at(c))
     cells.insert(i + 1, nbformat.v4.new_markdown_cell(note(overrides, n_ids, trains=not source.name.startswith('00_'), library=library)))
     nb.cells = cells
     tmp = source.with_suffix('.tmp.ipynb'); nbformat.write(nb, tmp); tmp.replace(source)
