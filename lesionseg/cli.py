@@ -8,6 +8,7 @@ import argparse, json, os, sys, time
 from pathlib import Path
 import numpy as np
 import lesionseg
+from .helpers import atomic_write
 
 # %% auto #0
 __all__ = ['DEMO_CONFIG', 'UserError', 'outline', 'predict_files', 'demo', 'main']
@@ -96,10 +97,6 @@ def outline(
     cs, _ = cv2.findContours((np.asarray(mask) > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     return cv2.drawContours(np.ascontiguousarray(image).copy(), cs, -1, tuple(int(c) for c in color), t)
 
-def _write_atomic(path:Path, data:bytes):
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_bytes(data); os.replace(tmp, path)
-
 def _writable_dir(out:Path) -> Path:
     "Create `out` if needed and prove it can be written, or raise a `UserError` that names it."
     try:
@@ -141,19 +138,19 @@ def predict_files(
         except (ImageError, OSError) as e: errors.append(str(e) if str(path) in str(e) else f"{path}: {e}"); continue
         r = seg.predict(img, mc=mc, tta=tta, threshold=threshold, postprocess=postprocess)
         files = dict(mask=out/f'{stem}_mask.png', uncertainty=out/f'{stem}_uncertainty.png', overlay=out/f'{stem}_overlay.png')
-        _write_atomic(files['mask'], encode_png(r['mask']*255))
-        _write_atomic(files['uncertainty'], encode_png(heatmap(r['uncertainty'])))
-        _write_atomic(files['overlay'], encode_png(outline(img, r['mask'])))
+        atomic_write(files['mask'], encode_png(r['mask']*255))
+        atomic_write(files['uncertainty'], encode_png(heatmap(r['uncertainty'])))
+        atomic_write(files['overlay'], encode_png(outline(img, r['mask'])))
         if cam:
             from lesionseg.gradcam import gradcam, overlay
             files['gradcam'] = out/f'{stem}_gradcam.png'
-            _write_atomic(files['gradcam'], encode_png(overlay(img, gradcam(seg, img)['cam'])))
+            atomic_write(files['gradcam'], encode_png(overlay(img, gradcam(seg, img)['cam'])))
         info = dict(image=str(path), height=img.shape[0], width=img.shape[1], weights=str(w), arch=seg.arch,
                     **{k: r[k] for k in ('lesion_fraction', 'uncertainty_mean', 'uncertainty_max', 'review', 'mc', 'tta', 'threshold', 'postprocess')},
                     review_threshold=seg.review_threshold(r['mc']), uncertainty_map='predictive entropy (bits)' if r['mc'] else 'none (mc=0)',
                     files={k: str(v) for k, v in files.items()})
         files['json'] = out/f'{stem}.json'; info['files']['json'] = str(files['json'])
-        _write_atomic(files['json'], (json.dumps(info, indent=2) + '\n').encode())
+        atomic_write(files['json'], (json.dumps(info, indent=2) + '\n').encode())
         results.append(info)
     return results, errors
 
@@ -192,7 +189,7 @@ def _demo_figure(rows:list, path:Path):
                  + (' REVIEW' if r['review'] else ''), f"Grad-CAM ({r['cam_layer']} layer)")):
             ax.imshow(im); ax.set_title(title, fontsize=9); ax.axis('off')
     fig.tight_layout()
-    tmp = path.with_name(f'.{path.stem}.tmp.png'); fig.savefig(tmp, dpi=80); plt.close(fig); os.replace(tmp, path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80)); plt.close(fig)
 
 # %% ../nbs/07_cli.ipynb #e25f48a9
 def demo(
@@ -247,7 +244,7 @@ def demo(
                review_threshold=seg.review_threshold(mc),
                shown=[{k: v for k, v in r.items() if k not in ('outlined', 'heat', 'cam')} for r in rows],
                seconds=round(time.time() - t0, 1))
-    _write_atomic(out/'demo.json', (json.dumps(res, indent=2) + '\n').encode())
+    atomic_write(out/'demo.json', (json.dumps(res, indent=2) + '\n').encode())
     return res
 
 # %% ../nbs/07_cli.ipynb #152ee55d

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01a_data.ipynb #71aa10de
 from __future__ import annotations
-import os, uuid, random, warnings
+import os, random, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, cv2
 import albumentations as A
@@ -18,18 +18,13 @@ with warnings.catch_warnings(): # fastai 2.8.7 still calls torch.jit.script, whi
     from fastai.vision.augment import Resize, ResizeMethod
 from fasttransform.transform import ItemTransform
 from matplotlib.colors import ListedColormap
+from .helpers import to_hw, write_image
 
 # %% auto #0
 __all__ = ['CODES', 'LESION_CMAP', 'synth_lesion', 'make_synthetic', 'read_prepared', 'train_augs', 'AlbumentationsTransform',
            'get_dls']
 
 # %% ../nbs/01a_data.ipynb #9393abec
-def _hw(size) -> tuple[int, int]:
-    "(h, w) from an int side or an (h, w) pair."
-    if np.isscalar(size): return int(size), int(size)
-    h, w = size
-    return int(h), int(w)
-
 def _field(rng, h, w, cells, n=1) -> np.ndarray:
     "`n` smooth random fields (h, w, n), about N(0,1): noise on a grid of `cells` along the long side, upsampled."
     ch, cw = max(2, round(cells*h/max(h, w))), max(2, round(cells*w/max(h, w)))
@@ -112,7 +107,7 @@ def synth_lesion(
     noise:float=2.5, # sensor noise, standard deviation in grey levels (more noise: larger JPEGs, like full-size photographs)
 ) -> tuple[np.ndarray, np.ndarray]: # RGB uint8 (h, w, 3) image and its uint8 (h, w) mask with values {0, 1}
     "A synthetic dermoscopy image with one irregular pigmented lesion, and the lesion's exact mask."
-    h, w = _hw(size); s = min(h, w)
+    h, w = to_hw(size); s = min(h, w)
     r_shape, r_skin, r_les, r_hair, r_cam = [np.random.default_rng(q) for q in np.random.SeedSequence(seed).spawn(5)]
     t, R, c = _lesion_shape(r_shape, h, w)
     mask = (t < 1).astype(np.uint8)
@@ -130,15 +125,6 @@ def synth_lesion(
     return np.clip(img, 0, 255).astype(np.uint8), mask
 
 # %% ../nbs/01a_data.ipynb #fb80e557
-def _imwrite_atomic(path:Path, arr:np.ndarray, params=()):
-    "cv2.imwrite to a temporary name next to `path`, then rename (a file is never half-written)."
-    tmp = path.with_name(f'.{path.stem}.{uuid.uuid4().hex[:8]}{path.suffix}')
-    try:
-        if not cv2.imwrite(str(tmp), arr, list(params)): raise OSError(f"{path}: cv2.imwrite failed")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-
 def make_synthetic(
     out:str|Path, # folder to create `images/` and `masks/` in
     n:int=64, # number of image/mask pairs
@@ -156,8 +142,8 @@ def make_synthetic(
     for i in range(n):
         img, mask = synth_lesion(seed + i, size, **kwargs)
         id_ = f'{prefix}{first + i:07d}'
-        _imwrite_atomic(out/'images'/f'{id_}{ext}', cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params)
-        _imwrite_atomic(out/'masks'/f'{id_}_segmentation.png', mask*255)
+        write_image(out/'images'/f'{id_}{ext}', cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params)
+        write_image(out/'masks'/f'{id_}_segmentation.png', mask*255)
     return out
 
 # %% ../nbs/01a_data.ipynb #fdc1ff34
@@ -188,7 +174,7 @@ def train_augs(
     seed:int|None=None, # seed of the pipeline's random generator
 ) -> A.Compose:
     "The training augmentations: flips, 90° turns (square images), affine, elastic/grid warps, colour jitter; masks nearest."
-    h, w = _hw(size); s, near, refl = min(h, w), cv2.INTER_NEAREST, cv2.BORDER_REFLECT_101
+    h, w = to_hw(size); s, near, refl = min(h, w), cv2.INTER_NEAREST, cv2.BORDER_REFLECT_101
     sigma = 0.05*s
     return A.Compose([
         A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5),
@@ -249,8 +235,8 @@ def get_dls(
         if hw is not None and len(hw) > 1:
             raise ValueError(f"{path}: items have {len(hw)} different sizes (e.g. {tuple(hw.iloc[0])}, {tuple(hw.iloc[1])}); pass size=(h, w).")
         aug_size = tuple(hw.iloc[0]) if hw is not None else 256
-    else: aug_size = _hw(size)
-    item_tfms = ([Resize(_hw(size), method=ResizeMethod.Squish)] if size is not None else [])
+    else: aug_size = to_hw(size)
+    item_tfms = ([Resize(to_hw(size), method=ResizeMethod.Squish)] if size is not None else [])
     if augment: item_tfms.append(AlbumentationsTransform(aug if aug is not None else train_augs(aug_size, seed=seed)))
     dblock = DataBlock(blocks=(ImageBlock, MaskBlock(codes=CODES)),
                        get_x=ColReader('image', pref=path), get_y=_ReadMask(path),

@@ -12,6 +12,7 @@ from .preprocessing import read_mask, binarize_mask
 from .data import read_prepared
 from .metrics import isic_scores, summarize, _auc, _COLS
 from .inference import Segmenter, read_image, postprocess_mask, _check_threshold, _resize
+from .helpers import atomic_write
 
 # %% auto #0
 __all__ = ['PER_IMAGE_COLS', 'COMPARE_COLS', 'score_prepared', 'evaluate', 'resolution_ceiling', 'submission_name', 'export_isic',
@@ -83,15 +84,6 @@ def score_prepared(
 
 
 # %% ../nbs/05_evaluate.ipynb #f567342a
-def _atomic_bytes(path:Path, data:bytes):
-    "Write `data` to `path` through a temporary file in the same folder and `os.replace`: a killed run leaves the old file or the new one."
-    tmp = path.with_name(f'.{path.name}.{uuid.uuid4().hex[:8]}.tmp')
-    try: tmp.write_bytes(data); os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-
-def _atomic_text(path:Path, text:str): _atomic_bytes(path, text.encode())
-
 def _out_dir(out) -> Path:
     "`out` as a folder that exists and can be written to; an error naming it otherwise (before any model runs)."
     out = Path(out)
@@ -157,8 +149,8 @@ def evaluate(
                               threshold=seg.threshold, tta=bool(tta), postprocess=bool(postprocess), size=list(seg.size), seconds=round(secs, 2),
                               images_per_s=round(len(df)/max(secs, 1e-9), 2)))
     if out is not None:
-        _atomic_text(out/'per_image.csv', df.to_csv(index=False))
-        _atomic_text(out/'summary.json', json.dumps(summary, indent=1))
+        atomic_write(out/'per_image.csv', df.to_csv(index=False))
+        atomic_write(out/'summary.json', json.dumps(summary, indent=1))
     return summary
 
 # %% ../nbs/05_evaluate.ipynb #de69a733
@@ -186,8 +178,8 @@ def resolution_ceiling(
                            'size': [int(v) for v in hw.iloc[0]] if len(hw) == 1 else None, 'seconds': round(secs, 2),
                            'images_per_s': round(len(df)/max(secs, 1e-9), 2)})
     if out is not None:
-        _atomic_text(out/'per_image.csv', df.to_csv(index=False))
-        _atomic_text(out/'summary.json', json.dumps(summary, indent=1))
+        atomic_write(out/'per_image.csv', df.to_csv(index=False))
+        atomic_write(out/'summary.json', json.dumps(summary, indent=1))
     return summary
 
 # %% ../nbs/05_evaluate.ipynb #25843e2c
@@ -236,7 +228,7 @@ def export_isic(
         ok, png = cv2.imencode('.png', mask*np.uint8(255)) # uint8 (h, w): an 8-bit greyscale PNG
         if not ok: raise RuntimeError(f"export_isic: OpenCV could not encode the mask of id {r.id!r} as PNG.")
         f = out/submission_name(r.id)
-        _atomic_bytes(f, png.tobytes())
+        atomic_write(f, png.tobytes())
         done.append(dict(id=r.id, file=str(f), orig_height=int(r.orig_height), orig_width=int(r.orig_width), lesion_frac=float(mask.mean())))
     return pd.DataFrame(done, columns=['id', 'file', 'orig_height', 'orig_width', 'lesion_frac'])
 

@@ -10,9 +10,9 @@ import numpy as np, cv2, torch
 from torch import nn
 from PIL import Image, ImageOps, UnidentifiedImageError
 from fastcore.basics import patch
-from .preprocessing import _hw
 from .workspace import get_device
 from .uncertainty import mc_logits, check_mc_model, uncertainty_maps
+from .helpers import to_hw
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'FORMATS', 'MAX_MC', 'TTA_FLIPS', 'DEFAULT_REVIEW_THRESHOLD', 'UNCERTAINTY_MAP', 'MAPS', 'ImageError',
@@ -90,7 +90,7 @@ def decode_image(
                              "(a decompression bomb, or a needlessly large picture): downscale it, or raise max_pixels.", 'size')
         full = _upright((h, w), im)
         if check is not None: check(full)
-        side = None if min_size is None else max(_hw(min_size)) # EXIF may turn the picture: ask for the larger side on both
+        side = None if min_size is None else max(to_hw(min_size)) # EXIF may turn the picture: ask for the larger side on both
         if side and im.format in ('JPEG', 'MPO'): im.draft(im.mode, (side, side)) # equal or larger than asked
         try: im.load()
         except Image.DecompressionBombError as e: raise ImageError(f"{name}: Pillow refuses it as a possible decompression bomb ({_said(e)}).", 'size') from None
@@ -158,7 +158,7 @@ class Segmenter:
         return cls(model, {**meta, 'weights': str(weights)}, dev)
 
     @property
-    def size(self) -> tuple[int, int]: "The model's input (h, w)."; return _hw(self.meta['size'])
+    def size(self) -> tuple[int, int]: "The model's input (h, w)."; return to_hw(self.meta['size'])
     @property
     def threshold(self) -> float: "Probability above which a pixel is lesion."; return float(self.meta.get('threshold', 0.5))
     @property
@@ -220,7 +220,7 @@ def batch_proba(self:Segmenter,
 def _iter(self:Segmenter, images, out_sizes, bs, mc, tta, maps:bool, keep=None):
     images = list(images)
     if out_sizes is not None:
-        out_sizes = [_hw(s) for s in out_sizes]
+        out_sizes = [to_hw(s) for s in out_sizes]
         if len(out_sizes) != len(images): raise ValueError(f"predict_proba: {len(images)} images but {len(out_sizes)} out_sizes.")
     mc = _check_mc(mc)
     self.model.eval() # idempotent; MC sampling never changes a module's mode (it asks `classify` for `sample=True`)
@@ -311,7 +311,7 @@ def predict(self:Segmenter,
 ) -> dict:
     "Mask, mean probability and uncertainty maps of one image at its own size (or `out_size`), with summary numbers and the options used."
     mc, thr = _check_mc(mc), _check_threshold(threshold)
-    if unknown := set(maps) - set(MAPS): raise ValueError(f"Segmenter.predict: maps={maps!r}; expected names among {MAPS}.")
+    if set(maps) - set(MAPS): raise ValueError(f"Segmenter.predict: maps={maps!r}; expected names among {MAPS}.")
     thr = self.threshold if thr is None else thr
     keep = {'prob', UNCERTAINTY_MAP, *maps} # computed at the model's size; only these are resized to the output's
     m = next(self._iter([image], None if out_size is None else [out_size], 1, mc, bool(tta), maps=True, keep=keep))

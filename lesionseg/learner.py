@@ -29,6 +29,7 @@ from .metrics import DiceBCELoss, seg_metrics
 from .upernet import SwinUPerNet, swin_upernet_splitter
 from .data import get_dls, read_prepared
 from .workspace import get_device
+from .helpers import to_hw, atomic_write
 
 # %% auto #0
 __all__ = ['WEIGHTS_FORMAT', 'WEIGHTS_VERSION', 'CHECKPOINT_FORMAT', 'ARCHS', 'cpu_bf16_supported', 'CPUMixedPrecision',
@@ -111,8 +112,6 @@ def build_model(
     raise ValueError(f"unknown arch {arch!r}; expected one of {list(ARCHS)}.")
 
 # %% ../nbs/01c_learner.ipynb #c8fe7040
-def _pair(s) -> tuple[int, int]: return (int(s), int(s)) if np.isscalar(s) else tuple(int(o) for o in s)
-
 def _plain(o):
     "`o` with numpy numbers, tuples, paths and `L`s made plain; tensors moved to the CPU (all `weights_only` accepts)."
     if isinstance(o, torch.Tensor): return o.detach().cpu()
@@ -123,15 +122,6 @@ def _plain(o):
     if isinstance(o, slice): return [o.start, o.stop]
     if o is None or isinstance(o, (str, int, float, bool)): return o
     return str(o)
-
-def _atomic(path, write) -> Path:
-    "Call `write(tmp)` on a temporary name next to `path`, then rename it to `path` (never half a file)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{uuid.uuid4().hex[:8]}.tmp')
-    try: write(tmp); os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
 
 def _arch_of(model) -> str|None:
     if isinstance(model, SwinUPerNet): return 'swin-upernet'
@@ -156,11 +146,11 @@ def save_weights(
         raise TypeError(f"save_weights({str(path)!r}): {type(model).__name__} has no `.config` dict, needed to rebuild it; "
                         "lesionseg's SwinUPerNet and UNet have one.")
     obj = dict(format=WEIGHTS_FORMAT, format_version=WEIGHTS_VERSION, arch=arch, config=_plain({**cfg, 'pretrained': False}),
-               size=list(_pair(size)), normalize=dict(mean=[float(v) for v in imagenet_stats[0]], std=[float(v) for v in imagenet_stats[1]]),
+               size=list(to_hw(size)), normalize=dict(mean=[float(v) for v in imagenet_stats[0]], std=[float(v) for v in imagenet_stats[1]]),
                threshold=float(threshold), summary=_plain(summary or {}), lesionseg_version=lesionseg.__version__,
                torch_version=str(torch.__version__), # a str subclass that weights_only would refuse
                state_dict={k: v.detach().to('cpu', memory_format=torch.contiguous_format) for k, v in model.state_dict().items()})
-    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 # %% ../nbs/01c_learner.ipynb #df43feb6
 _SAFE_GLOBALS = ('numpy.core.multiarray.scalar', 'numpy._core.multiarray.scalar', 'numpy.dtype', 'fastcore.foundation.L')
@@ -272,7 +262,7 @@ class CheckpointCallback(Callback):
                      seconds=self.seconds, images=self.images, **self._budget(),
                      model={k: v.detach().cpu() for k, v in getattr(self.learn.model, 'module', self.learn.model).state_dict().items()}, # unwrapped from DDP
                      opt=_plain(self.learn.opt.state_dict()))
-        _atomic(self.fname, lambda tmp: torch.save(state, tmp))
+        atomic_write(self.fname, lambda tmp: torch.save(state, tmp))
 
 # %% ../nbs/01c_learner.ipynb #c81a9c2e
 class _SkipQuietly(Callback):
@@ -390,7 +380,7 @@ def _trim_history(p:Path, last_epoch:int):
         ep = line.split(',', 1)[0]
         if i == 0: keep.append(line)
         elif ep.isdigit() and int(ep) <= last_epoch and ep not in seen: keep.append(line); seen.add(ep)
-    _atomic(p, lambda tmp: tmp.write_text('\n'.join(keep) + '\n'))
+    atomic_write(p, lambda tmp: tmp.write_text('\n'.join(keep) + '\n'))
 
 def _is_pretrained(model) -> bool:
     "Whether the model's encoder really got ImageNet weights (the models record it; a failed download falls back)."
@@ -483,7 +473,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     ck_p, hist_p, w_p, m_p = out/'checkpoint.pth', out/'history.csv', out/'model.pth', out/'metrics.json'
     if arch not in ARCHS: raise ValueError(f"train: unknown arch {arch!r}; expected one of {list(ARCHS)}.")
-    hw = _pair(size) if size is not None else _prepared_size(data)
+    hw = to_hw(size) if size is not None else _prepared_size(data)
     img_size = hw[0] if hw[0] == hw[1] else list(hw)
     ck = _read_checkpoint(ck_p, dev) if resume and ck_p.exists() else None
     if ck is not None:
@@ -536,7 +526,7 @@ def train(
     if calibrate: # when an image should go to a person: thresholds from this model's own held-out images
         from lesionseg.uncertainty import calibrate_review
         summary['review'] = calibrate_review(w_p, data, split='valid', device=dev)
-    _atomic(m_p, lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
+    atomic_write(m_p, lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
     (out/'best.pth').unlink(missing_ok=True) # model.pth holds the same weights, described
     return summary
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_preprocessing.ipynb #51b61311
 from __future__ import annotations
-import os, re, io, shutil, hashlib, zipfile, zlib, threading, uuid, http.client
+import os, re, io, shutil, hashlib, zipfile, zlib, threading, http.client
 from pathlib import Path
 from functools import partial
 from urllib.request import Request, urlopen
@@ -14,6 +14,7 @@ from PIL import Image
 from fastcore.basics import defaults
 from fastcore.parallel import parallel
 from fastprogress.fastprogress import progress_bar
+from .helpers import to_hw, atomic_write, write_image
 
 # %% auto #0
 __all__ = ['ISIC2018_URL', 'ISIC2018_SPLITS', 'ISIC2018_ARCHIVES', 'IMAGE_EXTS', 'MASK_SUFFIX', 'SKIPPED_COLS', 'PAIR_COLS',
@@ -306,19 +307,13 @@ def split_by_hash(
 # %% ../nbs/01_preprocessing.ipynb #31853ef0
 _REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
-def _hw(size) -> tuple[int, int]:
-    "(h, w) from an int (square) or an (h, w) pair."
-    h, w = (size, size) if isinstance(size, (int, np.integer)) else size
-    if int(h) <= 0 or int(w) <= 0: raise ValueError(f"size={size!r}: expected a positive int or (h, w).")
-    return int(h), int(w)
-
 def reduce_factor(
     hw:tuple, # (h, w) of the source image
     size, # target: int (square) or (h, w)
     min_scale:float=1.0, # the decoded image must stay >= min_scale * target in both dimensions
 ) -> int: # 8, 4, 2 or 1
     "Largest JPEG reduction (1/8, 1/4, 1/2) whose decoded image is still >= `min_scale` x target."
-    (h, w), (th, tw) = hw, _hw(size)
+    (h, w), (th, tw) = hw, to_hw(size)
     for r in (8, 4, 2):
         if -(-h//r) >= min_scale*th and -(-w//r) >= min_scale*tw: return r
     return 1
@@ -345,7 +340,7 @@ def load_resized(
     orig_hw:tuple|None=None, # (h, w) of the source when already known (saves reading the header)
 ) -> np.ndarray: # RGB uint8 (h, w, 3)
     "Load an image as RGB resized to `size` with `INTER_AREA`, decoding JPEGs at 1/2, 1/4 or 1/8 scale when possible."
-    path, (th, tw) = Path(path), _hw(size)
+    path, (th, tw) = Path(path), to_hw(size)
     r = 1
     if path.suffix.lower() in ('.jpg', '.jpeg'):
         _check_jpeg_end(path)
@@ -379,19 +374,7 @@ def read_mask(path:str|Path) -> np.ndarray:
 MANIFEST_COLS = ['id', 'split', 'image', 'mask', 'height', 'width', 'orig_height', 'orig_width',
                  'lesion_frac', 'src_image', 'src_mask']
 
-def _atomic_write(path:Path, write):
-    "Call `write(tmp)` on a hidden temporary name next to `path`, then rename it to `path`."
-    tmp = path.with_name(f'.{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}')
-    try: write(tmp); os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-
-def _write_png(path:Path, arr:np.ndarray):
-    def w(tmp):
-        if not cv2.imwrite(str(tmp), arr): raise OSError(f"cannot write {path}")
-    _atomic_write(path, w)
-
-def _write_csv(df:pd.DataFrame, path:Path): _atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+def _write_csv(df:pd.DataFrame, path:Path): atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 # %% ../nbs/01_preprocessing.ipynb #19d31fea
 def _done_mask(dst_img:Path, dst_mask:Path, th, tw):
@@ -416,8 +399,8 @@ def _prepare_one(r:dict, out:Path, th:int, tw:int, reduce=True, min_scale=1.0):
                                            f"is {w}x{h}; a mask must match its image pixel for pixel")
             m = cv2.resize(binarize_mask(raw, mask_p), (tw, th), interpolation=cv2.INTER_NEAREST_EXACT)
             img = load_resized(img_p, (th, tw), reduce=reduce, min_scale=min_scale, orig_hw=(h, w))
-            _write_png(dst_img, cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-            _write_png(dst_mask, m)
+            write_image(dst_img, cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            write_image(dst_mask, m)
     except PairingError as e:
         e.id = id_; return e
     return dict(id=id_, split=r['split'], image=f'images/{id_}.png', mask=f'masks/{id_}.png', height=th, width=tw,
@@ -440,7 +423,7 @@ def prepare(
     min_scale:float=1.0, # see `reduce_factor`
 ) -> pd.DataFrame: # the manifest (`MANIFEST_COLS`); `.attrs['skipped']` lists skipped items
     "Pair, check and resize `src` into `out/images`, `out/masks` (PNG) and `out/manifest.csv`; finished items are skipped."
-    out, (th, tw) = Path(out), _hw(size)
+    out, (th, tw) = Path(out), to_hw(size)
     pairs, skipped = _find_pairs(src, out, on_error)
     if ids is not None:
         ids = [str(i) for i in ([ids] if isinstance(ids, str) else ids)]

@@ -10,9 +10,10 @@ import numpy as np, pandas as pd, cv2, torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 import albumentations as A
-from .data import _hw, _draw_hairs
+from .data import _draw_hairs
 from .metrics import DiceBCELoss, _flat_pair
-from .learner import train, _prepared_size, _atomic, _plain
+from .learner import train, _prepared_size, _plain
+from .helpers import to_hw, atomic_write
 
 # %% auto #0
 __all__ = ['AUGS', 'LOSS_KEYS', 'ABLATIONS', 'SCORE_KEYS', 'HairOcclusion', 'strong_augs', 'boundary_closeness',
@@ -40,7 +41,7 @@ def strong_augs(
     seed:int|None=None, # seed of the pipeline's random generator
 ) -> A.Compose:
     "Heavier training augmentation than `train_augs`: any rotation, crops, warps, contrast, the light's colour, hairs, occlusion, noise."
-    h, w = _hw(size); s, near, refl = min(h, w), cv2.INTER_NEAREST, cv2.BORDER_REFLECT_101
+    h, w = to_hw(size); s, near, refl = min(h, w), cv2.INTER_NEAREST, cv2.BORDER_REFLECT_101
     sigma = 0.05*s
     return A.Compose([
         A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5),
@@ -265,7 +266,7 @@ def run_ablation(
         if resume and f.exists(): return json.loads(f.read_text())
         ev = score(fitted[model][0], data, split=split, tta=recipe['tta'], postprocess=recipe['postprocess'])
         r = {k: ev[k] for k in SCORE_KEYS}
-        _atomic(f, lambda t: t.write_text(json.dumps(r)))
+        atomic_write(f, lambda t: t.write_text(json.dumps(r)))
         return r
     def record(name, model, recipe, factor, **extra):
         s, r = fitted[model][1], recipe or baseline_recipe()
@@ -287,5 +288,5 @@ def run_ablation(
         res['variants']['tuned']['change'] += f": {', '.join(v for v in sel['chosen'].values() if v) or 'nothing beat the baseline'}"
         res['selection'] = dict(sel, metric='valid per-image dice')
     else: res['selection'] = dict(chosen={}, epochs_factor=None, reason='no tuned row in this run')
-    _atomic(out/'ablation.json', lambda t: t.write_text(json.dumps(_plain(res), indent=1)))
+    atomic_write(out/'ablation.json', lambda t: t.write_text(json.dumps(_plain(res), indent=1)))
     return res

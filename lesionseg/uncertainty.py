@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np, torch
 from torch import nn
 import torch.nn.functional as F
+from .helpers import atomic_write
 
 # %% auto #0
 __all__ = ['STUDY_COLS', 'check_mc_model', 'mc_logits', 'naive_mc_logits', 'binary_entropy', 'uncertainty_maps', 'auroc',
@@ -199,7 +200,7 @@ def calibrate_review(
 ) -> dict: # thresholds {'deterministic', 'mc'} and how they were chosen
     "Choose a trained model's review thresholds on its validation images (`review_threshold_for`) and store them in its weights."
     from lesionseg.inference import Segmenter
-    from lesionseg.learner import _read_torch, _atomic, _plain
+    from lesionseg.learner import _read_torch, _plain
     seg = Segmenter.from_file(weights, device=device)
     df, _ = uncertainty_study(seg, data, split=split, mc=mc, bs=bs)
     out = dict(split=split, n=len(df), mc=mc, recall=recall, fail_below=fail_below)
@@ -211,5 +212,5 @@ def calibrate_review(
     if write:
         obj = _read_torch(weights)
         obj.update(review_threshold={k: out[k]['threshold'] for k in ('deterministic', 'mc')}, review_calibration=_plain(out))
-        _atomic(weights, lambda tmp: torch.save(obj, tmp))
+        atomic_write(weights, lambda tmp: torch.save(obj, tmp))
     return out

@@ -13,14 +13,13 @@ with warnings.catch_warnings(): # fastai 2.8.7 still calls torch.jit.script, whi
     from fastai.vision.models.unet import DynamicUnet
     from fastai.vision.learner import create_body
 from fastai.torch_core import params
+from .helpers import to_hw
 
 # %% auto #0
 __all__ = ['tiny_unet_config', 'UNet', 'unet_splitter']
 
 # %% ../nbs/02_unet.ipynb #e4301e60
 _ARCHS = ('resnet18', 'resnet34', 'resnet50')
-
-def _pair(s): return (int(s), int(s)) if isinstance(s, (int, float)) else tuple(int(o) for o in s)
 
 def _load_resnet(arch, pretrained):
     "torchvision ResNet `arch`; when `pretrained` weights cannot be fetched, warn and fall back to random init."
@@ -59,7 +58,7 @@ class UNet(DynamicUnet):
     ):
         if arch not in _ARCHS: raise ValueError(f"UNet: arch={arch!r} is not supported; use one of {_ARCHS}.")
         if not 0 <= dropout < 1: raise ValueError(f"UNet: dropout={dropout} must be in [0, 1).")
-        size = _pair(img_size)
+        size = to_hw(img_size)
         _check_size(size, f'img_size {img_size!r}')
         self.config = dict(n_out=n_out, img_size=img_size if isinstance(img_size, int) else list(size), pretrained=pretrained,
                            arch=arch, self_attention=self_attention, blur=blur, dropout=dropout, in_chans=in_chans)

@@ -10,13 +10,12 @@ from torch import nn
 import torch.nn.functional as F
 from fastai.layers import ConvLayer, NormType
 from fastai.torch_core import params
+from .helpers import to_hw
 
 # %% auto #0
 __all__ = ['tiny_config', 'SwinEncoder', 'PPM', 'UPerNetDecoder', 'SwinUPerNet', 'swin_upernet_splitter']
 
 # %% ../nbs/03_swin_upernet.ipynb #97eab976
-def _pair(s): return (int(s), int(s)) if isinstance(s, (int, float)) else tuple(int(o) for o in s)
-
 def _load_timm(name, pretrained, **kw):
     "Create timm model `name`; when `pretrained` weights cannot be fetched, warn and fall back to random init."
     if not pretrained: return timm.create_model(name, pretrained=False, **kw), False
@@ -40,7 +39,7 @@ class SwinEncoder(nn.Module):
         in_chans:int=3, # input channels
     ):
         super().__init__()
-        self.img_size = _pair(img_size)
+        self.img_size = to_hw(img_size)
         if any(s <= 0 or s % 32 for s in self.img_size):
             raise ValueError(f"SwinEncoder: img_size={img_size} must be positive multiples of 32 (patch size 4, "
                              f"then three 2x2 patch mergings), e.g. 256 or (192, 256).")

@@ -38,7 +38,8 @@ DOCS_SCALE = {
 }
 # the lessons without a settings cell: they teach one part of the library on synthetic lesions and, where the
 # shared copy of ISIC 2018 is above the working folder (here; never in Colab), on real images; run as they are
-LIBRARY = ['01a_data.ipynb', '01b_metrics.ipynb', '01c_learner.ipynb', '03a_inference.ipynb', '07_cli.ipynb']
+LIBRARY = ['00a_helpers.ipynb', '01a_data.ipynb', '01b_metrics.ipynb', '01c_learner.ipynb', '03a_inference.ipynb', '07_cli.ipynb']
+USES_SHARED = {'01a_data.ipynb', '01b_metrics.ipynb', '01c_learner.ipynb', '03a_inference.ipynb'} # sections on the shared real images
 ORDER = sorted([*DOCS_SCALE, *LIBRARY]) # course order is name order
 NOTE = '**The outputs on this page**'
 
@@ -46,9 +47,10 @@ def note(overrides:str, n_ids:dict, trains:bool=True, library:bool=False) -> str
     "The markdown cell that says which run the committed outputs come from."
     where = ("in a Colab-like environment on a 2-core CPU without a GPU (Colab's package versions, a stand-in Drive at "
              "/content/drive)")
-    if library: return (f"> {NOTE} come from running this lesson as it is, as a student would, {where}; its sections on real "
-                        "images found the shared 256 x 192 copy of the ISIC 2018 training images beside that machine's checkout "
-                        "(in Colab they say so and skip). `tests/colab/record_course.py` made them.")
+    if library: return (f"> {NOTE} come from running this lesson as it is, as a student would, {where}"
+                        + ("; its sections on real images found the shared 256 x 192 copy of the ISIC 2018 training images beside "
+                           "that machine's checkout (in Colab they say so and skip)" if library == 'shared' else '')
+                        + ". `tests/colab/record_course.py` made them.")
     if not trains: return f"> {NOTE} come from running this lesson as a student would in Colab, {where}; `tests/colab/record_course.py` made them."
     settings = f"with the settings above changed to `{'; '.join(overrides.splitlines())}`" if overrides else "with the settings above"
     data = (f"{n_ids['train']} training, {n_ids['valid']} validation and {n_ids['test']} test images of ISIC 2018 (256 x 192 copies "
@@ -68,7 +70,7 @@ def write_back(executed:Path, source:Path, overrides:str, n_ids:dict):
             r = ran.get(c.get('id'))
             c.outputs = r.outputs if r is not None else []
             c.execution_count = None
-    library = source.name in LIBRARY
+    library = ('shared' if source.name in USES_SHARED else True) if source.name in LIBRARY else False
     at = (lambda c: 'colab-badge' in c.source) if library else (lambda c: 'parameters' in c.get('metadata', {}).get('tags', []))
     i = next(i for i, c in enumerate(cells) if at(c))
     cells.insert(i + 1, nbformat.v4.new_markdown_cell(note(overrides, n_ids, trains=not source.name.startswith('00_'), library=library)))
