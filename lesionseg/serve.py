@@ -72,13 +72,13 @@ def output_size(
     h, w = int(hw[0]), int(hw[1])
     if max(h, w) > max_aspect*min(h, w):
         raise ImageError(f"{name}: {w} x {h} pixels, an aspect ratio of {max(h, w)/min(h, w):.0f}:1, beyond max_aspect = {max_aspect:g}:1 "
-                         "(the model sees every picture at its own 4:3 size, so such a strip would be squashed); crop it.", 'shape')
+                         "(the model sees every picture resized to its input size, so such a strip would be squashed); crop it.", 'shape')
     if h*w > max_output_pixels:
         s = math.sqrt(max_output_pixels/(h*w))
         h, w = max(1, int(h*s)), max(1, int(w*s))
     if max(h, png_width*w) > PNG_MAX_SIDE:
         raise ImageError(f"{name}: an answer of {w} x {h} pixels cannot be encoded as PNG (at most {PNG_MAX_SIDE} a side); "
-                         "raise no limit, crop the picture.", 'shape')
+                         "crop the picture.", 'shape')
     return h, w
 
 # %% ../nbs/06_serve.ipynb #dff099a1

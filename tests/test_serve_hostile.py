@@ -92,7 +92,6 @@ def test_reduced_jpeg_decoding_gives_the_same_mask_size(server):
     with httpx.Client(base_url=server.url, timeout=60) as c:
         j = c.post('/predict', files={'file': ('big.jpg', big)}, params={'format': 'json'}).json()
     assert (j['width'], j['height'], j['image_width'], j['image_height']) == (2048, 1536, 2048, 1536), j
-    assert 0.01 < j['lesion_fraction'] < 0.99 or j['lesion_fraction'] in (0.0, 1.0)
 
 # ---- 2. an error never breaks the connection it came on -----------------------------------------------------------------
 
