@@ -17,7 +17,7 @@ It runs three commands in subprocesses, exactly as the README shows them, and ti
     lesionseg prepare SHARED PREP --size S          (hash splits: 80% train, 10% valid, 10% test, by ISIC id)
     lesionseg train --data PREP --budget MIN --recipe tuned --no-pretrained --patience 0 ...
     lesionseg evaluate --weights PREP_RUN/model.pth --data PREP --split test [--postprocess, as the recipe says]
-`--budget` fits fastai's one cycle into the minutes given (lesson 01c, `TimeBudget`): training and validation of every
+`--budget` fits fastai's one cycle into the minutes given (lesson 01d, `TimeBudget`): training and validation of every
 epoch count; preparing the data, the review-threshold calibration at the end and the evaluation do not, and are timed
 on their own. Scores are per-image means at each test image's original resolution (256x192), as ISIC 2018 scores.
 """
@@ -56,7 +56,7 @@ def main():
     ap.add_argument('--seed', type=int, default=42)
     ap.add_argument('--out', default=None, help='JSON path (default: bench/results/budget_quality_<cuda|cpu>.json)')
     a = ap.parse_args()
-    from lesionseg.learner import cpu_bf16_supported
+    from lesionseg.callbacks import cpu_bf16_supported
     dev, gpu = device_defaults(a, (('budget', 5., 15.), ('size', 256, 128), ('bs', 32, 16), ('config', '{}', '{"decoder_channels": 128}'),
                                    ('precision', 'auto', 'bf16' if cpu_bf16_supported() else 'fp32')))
     src = Path(a.data)

@@ -16,7 +16,9 @@ import torch
 from fastai.callback.core import Callback, CancelFitException
 from fastai.data.core import DataLoaders
 from fastai.torch_core import set_seed
-from lesionseg.learner import seg_learner, build_model, cpu_bf16_supported
+from lesionseg.learner import seg_learner
+from lesionseg.weights import build_model
+from lesionseg.callbacks import cpu_bf16_supported
 
 from _common import load1, machine, write_json
 

@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import numpy as np, torch, httpx
 from PIL import Image
-from lesionseg.learner import build_model, save_weights
+from lesionseg.weights import build_model, save_weights
 
 SHARED = Path(__file__).resolve().parents[2]/'shared'/'data'/'isic2018-task1-train-256x192'
 CONFIGS = {'swin-upernet': dict(pretrained=False), 'unet': dict(pretrained=False, arch='resnet34')}

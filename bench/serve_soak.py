@@ -29,7 +29,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import SHARED, load1, machine, write_json
 from serve_latency import CONFIGS, free_port, images
-from lesionseg.learner import build_model, save_weights
+from lesionseg.weights import build_model, save_weights
 
 def _chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d))
 

@@ -20,7 +20,8 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.torch_core import set_seed
 from lesionseg.preprocessing import prepare
 from lesionseg.data import get_dls
-from lesionseg.learner import seg_learner, build_model
+from lesionseg.learner import seg_learner
+from lesionseg.weights import build_model
 from lesionseg.metrics import DiceBCELoss
 
 from _common import SHARED, device_defaults, load1, machine, write_json

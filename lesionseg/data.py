@@ -21,8 +21,8 @@ from matplotlib.colors import ListedColormap
 from .helpers import to_hw, write_image
 
 # %% auto #0
-__all__ = ['CODES', 'LESION_CMAP', 'synth_lesion', 'make_synthetic', 'read_prepared', 'train_augs', 'AlbumentationsTransform',
-           'get_dls']
+__all__ = ['CODES', 'LESION_CMAP', 'draw_hairs', 'synth_lesion', 'make_synthetic', 'read_prepared', 'prepared_size', 'train_augs',
+           'AlbumentationsTransform', 'get_dls']
 
 # %% ../nbs/01a_data.ipynb #9393abec
 def _field(rng, h, w, cells, n=1) -> np.ndarray:
@@ -58,7 +58,7 @@ def _lesion_shape(rng, h, w):
     return rho/border, R, (cy, cx)
 
 # %% ../nbs/01a_data.ipynb #6fc90937
-def _draw_hairs(img, rng, c, R):
+def draw_hairs(img, rng, c, R):
     "Draw 0-11 dark, thin, curved hairs on `img` (float h, w, 3); about half cross the lesion at `c` (y, x)."
     h, w = img.shape[:2]; s = min(h, w)
     n = rng.integers(1, 12) if rng.random() < 0.6 else 0
@@ -115,7 +115,7 @@ def synth_lesion(
     skin = base*(1 + 0.07*_fractal(r_skin, h, w, 3, 3, 1) + 0.025*_fractal(r_skin, h, w, 3, 2, 3)) # low-frequency colour
     skin *= 1 + 0.03*_field(r_skin, h, w, max(8, s//3)) # fine texture
     img = np.where(mask[..., None] > 0, _paint_lesion(r_les, skin, t), skin)
-    if hairs: img = _draw_hairs(img, r_hair, c, R)
+    if hairs: img = draw_hairs(img, r_hair, c, R)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     d = np.hypot((yy - h/2)/(s/2), (xx - w/2)/(s/2)) # 1 at the middle of the short sides
     vig = 1 - r_cam.uniform(0.05, 0.25)*d**2 # lens fall-off
@@ -167,6 +167,16 @@ def read_prepared(
         if len(gone := df[[not (path/f).is_file() for f in df[col]]]):
             raise FileNotFoundError(f"{p}: {len(gone)} {col} file(s) missing, e.g. id {gone.id.iloc[0]!r}: {path/gone[col].iloc[0]}.")
     return df
+
+# %% ../nbs/01a_data.ipynb #2d3b24a0
+def prepared_size(
+    data:str|Path, # a prepared folder
+) -> tuple[int, int]:
+    "The (h, w) of the training and validation images of a prepared folder; an error if they differ."
+    df = read_prepared(data)
+    hw = df[df.split != 'test'][['height', 'width']].drop_duplicates()
+    if len(hw) != 1: raise ValueError(f"{data}: images of {len(hw)} sizes ({hw.values.tolist()[:3]}); pass size=(h, w).")
+    return tuple(int(v) for v in hw.iloc[0])
 
 # %% ../nbs/01a_data.ipynb #83b7d925
 def train_augs(

@@ -10,16 +10,16 @@ import numpy as np, pandas as pd, cv2
 from fastprogress.fastprogress import progress_bar
 from .preprocessing import read_mask, binarize_mask
 from .data import read_prepared
-from .metrics import isic_scores, summarize, _auc, _COLS
-from .inference import Segmenter, read_image, postprocess_mask, _check_threshold, _resize
-from .helpers import atomic_write
+from .metrics import isic_scores, summarize, auroc, SCORE_COLS
+from .inference import Segmenter, read_image, postprocess_mask, check_threshold
+from .helpers import atomic_write, resize_to
 
 # %% auto #0
 __all__ = ['PER_IMAGE_COLS', 'COMPARE_COLS', 'score_prepared', 'evaluate', 'resolution_ceiling', 'submission_name', 'export_isic',
            'compare_models', 'worst_cases']
 
 # %% ../nbs/05_evaluate.ipynb #aa104c03
-PER_IMAGE_COLS = ['id', *_COLS, 'orig_height', 'orig_width', 'lesion_frac_true', 'lesion_frac_pred']
+PER_IMAGE_COLS = ['id', *SCORE_COLS, 'orig_height', 'orig_width', 'lesion_frac_true', 'lesion_frac_pred']
 
 def _split_rows(data:Path, split:str) -> pd.DataFrame:
     "The manifest rows of `split`, checked: present, with original sizes and original masks that exist."
@@ -57,9 +57,9 @@ def _score_stream(rows:pd.DataFrame, probs, threshold:float, postprocess:bool=Fa
         pred = prob > threshold
         if postprocess: pred = postprocess_mask(pred) > 0
         s = isic_scores(truth, pred, name=r.id)
-        s['auc'] = _auc(truth, prob) # from the probabilities, not the 0/1 mask
+        s['auc'] = auroc(prob, truth) # from the probabilities, not the 0/1 mask
         tp += int(np.count_nonzero(truth & pred)); fp += int(np.count_nonzero(~truth & pred)); fn += int(np.count_nonzero(truth & ~pred))
-        scores.append(dict(id=r.id, **{k: s[k] for k in _COLS}, orig_height=int(r.orig_height), orig_width=int(r.orig_width),
+        scores.append(dict(id=r.id, **{k: s[k] for k in SCORE_COLS}, orig_height=int(r.orig_height), orig_width=int(r.orig_width),
                            lesion_frac_true=float(truth.mean()), lesion_frac_pred=float(pred.mean())))
     df = pd.DataFrame(scores, columns=PER_IMAGE_COLS)
     return df, {**summarize(df.set_index('id')), **_pooled(tp, fp, fn)}
@@ -169,7 +169,7 @@ def resolution_ceiling(
     if reuse and (done := _reusable(out, **key)) is not None:
         if progress: print(f"{out}: computed earlier (the same data and split); reusing it. Pass reuse=False to compute it again.")
         return done
-    probs = (np.clip(_resize(read_mask(data/r.mask).astype(np.float32)/255, (int(r.orig_height), int(r.orig_width)), cv2.INTER_LINEAR), 0, 1)
+    probs = (np.clip(resize_to(read_mask(data/r.mask).astype(np.float32)/255, (int(r.orig_height), int(r.orig_width)), cv2.INTER_LINEAR), 0, 1)
              for r in rows.itertuples())
     df, summ = _score_stream(rows, probs, 0.5, progress=progress)
     secs = time.perf_counter() - t0
@@ -216,7 +216,7 @@ def export_isic(
     "Write each image's mask as ISIC 2018 Task 1 wants it: `ISIC_<id>_segmentation.png`, 0/255, one channel, at the original size."
     data = Path(data)
     rows = _export_rows(data, split)
-    thr = _check_threshold(threshold)
+    thr = check_threshold(threshold)
     out = _out_dir(out)
     seg = weights if isinstance(weights, Segmenter) else Segmenter.from_file(weights, device=device)
     thr = seg.threshold if thr is None else thr
@@ -288,9 +288,9 @@ def worst_cases(
         hw = (int(m.orig_height), int(m.orig_width))
         res = seg.predict(read_image(data/m.image), out_size=hw, mc=mc, tta=tta, postprocess=postprocess)
         src = m.get('src_image')
-        img = read_image(src) if isinstance(src, str) and Path(src).is_file() else _resize(read_image(data/m.image), hw, cv2.INTER_LINEAR)
+        img = read_image(src) if isinstance(src, str) and Path(src).is_file() else resize_to(read_image(data/m.image), hw, cv2.INTER_LINEAR)
         truth = binarize_mask(read_mask(m.src_mask), m.src_mask) > 0 if isinstance(m.get('src_mask'), str) and Path(m.src_mask).is_file() \
-                else _resize(read_mask(data/m['mask']), hw, cv2.INTER_NEAREST_EXACT) > 127
+                else resize_to(read_mask(data/m['mask']), hw, cv2.INTER_NEAREST_EXACT) > 127
         ax_img.imshow(img)
         for msk, col in ((truth, 'lime'), (res['mask'], 'red')):
             if msk.any(): ax_img.contour(msk.astype(np.uint8), [0.5], colors=col, linewidths=1)

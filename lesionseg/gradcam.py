@@ -8,7 +8,8 @@ from contextlib import contextmanager
 import numpy as np, cv2, torch
 from torch import nn
 import torch.nn.functional as F
-from .inference import Segmenter, _as_rgb, _resize
+from .inference import Segmenter, as_rgb
+from .helpers import resize_to
 from .upernet import SwinUPerNet, SwinEncoder
 from .unet import UNet
 
@@ -117,7 +118,7 @@ def _target_mask(target_mask, image_hw, model_hw) -> torch.Tensor:
         raise ValueError(f"gradcam: target_mask has shape {t.shape}; expected (h, w) = {tuple(image_hw)} (the image) "
                          f"or {tuple(model_hw)} (the model's input), nonzero = the region to explain.")
     t = (t > 0).astype(np.float32)
-    return torch.from_numpy(_resize(t, model_hw) >= 0.5)
+    return torch.from_numpy(resize_to(t, model_hw) >= 0.5)
 
 def gradcam(
     seg:Segmenter, # the inference object (its model, preprocessing and threshold)
@@ -127,7 +128,7 @@ def gradcam(
     nhwc:bool|None=None, # the layer's output is NHWC; None: True for a module inside a timm Swin body
 ) -> dict: # cam (h, w) float32 in [0, 1], mask (h, w) uint8, mask_model, cam_layer (raw, at the layer's size), score, layer
     "Grad-CAM at the image's own size for the sum of the lesion logits inside the predicted (or given) mask."
-    img = _as_rgb(image, 'image')
+    img = as_rgb(image, 'image')
     module, name, nhwc = _resolve_layer(seg.model, layer, nhwc)
     hw, size = img.shape[:2], seg.size
     if target_mask is None:
@@ -139,9 +140,9 @@ def gradcam(
     r = gradcam_raw(seg.model, seg.preprocess([img]), module, mask, nhwc)
     raw = r['cam']
     cam = raw/raw.max() if raw.max() > 0 else np.zeros_like(raw)
-    cam = np.clip(_resize(cam, hw, cv2.INTER_LINEAR), 0, 1)
+    cam = np.clip(resize_to(cam, hw, cv2.INTER_LINEAR), 0, 1)
     mm = r['mask'].astype(np.uint8)
-    return dict(cam=cam, mask=_resize(mm, hw, cv2.INTER_NEAREST_EXACT), mask_model=mm, cam_layer=raw, score=r['score'], layer=name)
+    return dict(cam=cam, mask=resize_to(mm, hw, cv2.INTER_NEAREST_EXACT), mask_model=mm, cam_layer=raw, score=r['score'], layer=name)
 
 # %% ../nbs/04b_gradcam.ipynb #ba4354b1
 def _colormap_lut(cmap) -> np.ndarray:
@@ -161,7 +162,7 @@ def overlay(
     cmap='jet', # a matplotlib colormap name, or an OpenCV `cv2.COLORMAP_*` constant
 ) -> np.ndarray: # RGB uint8 (h, w, 3)
     "The image with `cam` blended on it as a heatmap, in RGB (hot = red with 'jet')."
-    img = _as_rgb(image, 'image')
+    img = as_rgb(image, 'image')
     cam = np.asarray(cam, dtype=np.float32)
     if cam.shape != img.shape[:2]:
         raise ValueError(f"overlay: cam has shape {cam.shape} but the image is {img.shape[:2]}; expected the same (h, w) "

@@ -12,11 +12,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from fastcore.basics import patch
 from .workspace import get_device
 from .uncertainty import mc_logits, check_mc_model, uncertainty_maps
-from .helpers import to_hw
+from .helpers import to_hw, resize_to
+from .weights import load_weights
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'FORMATS', 'MAX_MC', 'TTA_FLIPS', 'DEFAULT_REVIEW_THRESHOLD', 'UNCERTAINTY_MAP', 'MAPS', 'ImageError',
-           'decode_image', 'read_image', 'Segmenter', 'postprocess_mask']
+           'decode_image', 'read_image', 'as_rgb', 'Segmenter', 'postprocess_mask', 'check_threshold']
 
 # %% ../nbs/03a_inference.ipynb #692a8477
 class ImageError(ValueError):
@@ -118,12 +119,7 @@ def read_image(
 
 
 # %% ../nbs/03a_inference.ipynb #9cf82b1e
-def _resize(img:np.ndarray, hw, interpolation=cv2.INTER_AREA) -> np.ndarray:
-    "`img` (h, w[, c]) resized to `hw` = (h, w) with OpenCV (a copy-free no-op when it already has that size)."
-    h, w = hw
-    return img if img.shape[:2] == (h, w) else cv2.resize(img, (w, h), interpolation=interpolation)
-
-def _as_rgb(image, name) -> np.ndarray:
+def as_rgb(image, name) -> np.ndarray:
     "An RGB uint8 (h, w, 3) array as given, or anything `read_image` reads."
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -152,7 +148,6 @@ class Segmenter:
         device=None, # where to run
     ) -> Segmenter:
         "A `Segmenter` for the model stored in `weights` (read safely with `load_weights`)."
-        from lesionseg.learner import load_weights
         dev = get_device(device)
         model, meta = load_weights(weights, device=dev)
         return cls(model, {**meta, 'weights': str(weights)}, dev)
@@ -169,7 +164,7 @@ class Segmenter:
 @patch
 def preprocess(self:Segmenter, images:list) -> torch.Tensor:
     "A normalised float batch (B, 3, h, w) on the device from RGB uint8 arrays of any size (INTER_AREA to the model's size)."
-    x = np.stack([_resize(im, self.size) for im in images]) # (B, h, w, 3) uint8
+    x = np.stack([resize_to(im, self.size) for im in images]) # (B, h, w, 3) uint8
     with torch.no_grad():
         x = torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).float().div_(255)
         return (x - self._mean)/self._std
@@ -225,7 +220,7 @@ def _iter(self:Segmenter, images, out_sizes, bs, mc, tta, maps:bool, keep=None):
     mc = _check_mc(mc)
     self.model.eval() # idempotent; MC sampling never changes a module's mode (it asks `classify` for `sample=True`)
     for i in range(0, len(images), bs):
-        chunk = [_as_rgb(im, im if isinstance(im, (str, os.PathLike)) else f'image {i + k}') for k, im in enumerate(images[i:i+bs])]
+        chunk = [as_rgb(im, im if isinstance(im, (str, os.PathLike)) else f'image {i + k}') for k, im in enumerate(images[i:i+bs])]
         with torch.inference_mode():
             xb = self.preprocess(chunk)
             if maps: res = {k: v.cpu().numpy() for k, v in uncertainty_maps(self.batch_samples(xb, mc, tta)).items()}
@@ -233,7 +228,7 @@ def _iter(self:Segmenter, images, out_sizes, bs, mc, tta, maps:bool, keep=None):
         for k, im in enumerate(chunk):
             hw = out_sizes[i + k] if out_sizes is not None else im.shape[:2]
             # bilinear weights sum to 1 only up to rounding: clip into each map's range
-            yield {key: np.clip(_resize(v[k], hw, cv2.INTER_LINEAR), 0, 1) for key, v in res.items() if keep is None or key in keep}
+            yield {key: np.clip(resize_to(v[k], hw, cv2.INTER_LINEAR), 0, 1) for key, v in res.items() if keep is None or key in keep}
 
 @patch
 def iter_proba(self:Segmenter,
@@ -292,7 +287,8 @@ def review_threshold(self:Segmenter,
     if isinstance(t, dict): t = t.get('mc' if mc else 'deterministic') # as `calibrate_review` stores it
     return DEFAULT_REVIEW_THRESHOLD if t is None or not np.isfinite(float(t)) else float(t)
 
-def _check_threshold(t):
+def check_threshold(t) -> float|None:
+    "`t` as a float if it is a probability strictly between 0 and 1; None stays None (the weights file's threshold)."
     if t is None: return None
     if isinstance(t, bool) or not isinstance(t, (int, float, np.floating, np.integer)) or not 0 < float(t) < 1:
         raise ValueError(f"Segmenter: threshold={t!r}; expected a probability strictly between 0 and 1 (or None: the weights file's).")
@@ -310,7 +306,7 @@ def predict(self:Segmenter,
     maps=MAPS, # the float maps wanted at the output size; `prob` and the `uncertainty` map are always made
 ) -> dict:
     "Mask, mean probability and uncertainty maps of one image at its own size (or `out_size`), with summary numbers and the options used."
-    mc, thr = _check_mc(mc), _check_threshold(threshold)
+    mc, thr = _check_mc(mc), check_threshold(threshold)
     if set(maps) - set(MAPS): raise ValueError(f"Segmenter.predict: maps={maps!r}; expected names among {MAPS}.")
     thr = self.threshold if thr is None else thr
     keep = {'prob', UNCERTAINTY_MAP, *maps} # computed at the model's size; only these are resized to the output's

@@ -16,11 +16,12 @@ with warnings.catch_warnings(): # fastai 2.8.7 still calls torch.jit.script, whi
     from fastai.learner import Metric
 
 # %% auto #0
-__all__ = ['ISIC_CUTOFF', 'DiceBCELoss', 'DicePooled', 'IoUPooled', 'DicePerImage', 'IoUPerImage', 'ThresholdedJaccard',
-           'seg_metrics', 'hd95', 'isic_scores', 'score_images', 'summarize', 'pooled_scores']
+__all__ = ['ISIC_CUTOFF', 'SCORE_COLS', 'flat_pair', 'DiceBCELoss', 'DicePooled', 'IoUPooled', 'DicePerImage', 'IoUPerImage',
+           'ThresholdedJaccard', 'seg_metrics', 'hd95', 'auroc', 'isic_scores', 'score_images', 'summarize',
+           'pooled_scores']
 
 # %% ../nbs/01b_metrics.ipynb #bc202b94
-def _flat_pair(inp:Tensor, targ:Tensor, who:str) -> tuple[Tensor, Tensor]:
+def flat_pair(inp:Tensor, targ:Tensor, who:str) -> tuple[Tensor, Tensor]:
     "Plain float tensors (B, H*W) from one-logit predictions (B,1,H,W) or (B,H,W) and a mask (B,H,W) or (B,1,H,W)."
     # fastai's TensorImage/TensorMask subclasses refuse to meet in F.* functions: compare plain tensors
     x, y = inp.as_subclass(Tensor), targ.as_subclass(Tensor)
@@ -48,7 +49,7 @@ class DiceBCELoss(nn.Module):
         self.dice_weight, self.bce_weight, self.smooth, self.reduction, self.thresh = dice_weight, bce_weight, smooth, reduction, thresh
 
     def forward(self, inp:Tensor, targ:Tensor) -> Tensor:
-        x, y = _flat_pair(inp, targ, 'DiceBCELoss')
+        x, y = flat_pair(inp, targ, 'DiceBCELoss')
         x = x.float(); y = y.to(x.dtype) # fp16 sums overflow at 65 504: a 256x256 mask has 65 536 pixels
         bce = F.binary_cross_entropy_with_logits(x, y, reduction='none').mean(1)
         p = torch.sigmoid(x)
@@ -73,7 +74,7 @@ class DiceBCELoss(nn.Module):
 # %% ../nbs/01b_metrics.ipynb #6ac5d508
 def _counts(pred:Tensor, targ:Tensor, thresh:float=0.5) -> tuple[Tensor, Tensor, Tensor]:
     "Per-image TP, FP, FN (long, shape (B,)) of logits `pred` thresholded at probability `thresh` vs 0/1 `targ`."
-    x, y = _flat_pair(pred, targ, 'metric')
+    x, y = flat_pair(pred, targ, 'metric')
     p, t = x > math.log(thresh/(1 - thresh)), y > 0.5 # probability > thresh <=> logit > logit(thresh)
     return (p & t).sum(1), (p & ~t).sum(1), (~p & t).sum(1)
 
@@ -183,12 +184,16 @@ def hd95(
     return float(np.percentile(np.concatenate([d_ab, d_ba]), 95))
 
 # %% ../nbs/01b_metrics.ipynb #69409d5b
-def _auc(truth:np.ndarray, scores:np.ndarray) -> float:
-    "Pixel ROC AUC by the rank (Mann-Whitney) formula, ties at their mean rank; NaN if `truth` is one class."
-    t, s = truth.ravel(), scores.ravel()
-    n1 = int(t.sum()); n0 = t.size - n1
+def auroc(
+    scores, # higher means "more likely positive"
+    labels, # 1/True for positives
+) -> float: # nan when only one class is present
+    "Area under the ROC curve: the probability that a random positive scores above a random negative (ties count half)."
+    s, y = np.asarray(scores, float).ravel(), np.asarray(labels).astype(bool).ravel()
+    if len(s) != len(y): raise ValueError(f"auroc: {len(s)} scores but {len(y)} labels.")
+    n1, n0 = int(y.sum()), int((~y).sum())
     if n1 == 0 or n0 == 0: return float('nan')
-    return float((rankdata(s)[t].sum() - n1*(n1 + 1)/2)/(n1*n0))
+    return float((rankdata(s)[y].sum() - n1*(n1 + 1)/2)/(n1*n0)) # average ranks: ties share theirs
 
 # %% ../nbs/01b_metrics.ipynb #d442b446
 def isic_scores(
@@ -205,10 +210,10 @@ def isic_scores(
     return dict(jaccard=j, dice=2*tp/(2*tp + fp + fn) if tp + fp + fn else 1.,
                 thresholded_jaccard=j if j >= ISIC_CUTOFF else 0.,
                 sensitivity=tp/(tp + fn) if tp + fn else 1., specificity=tn/(tn + fp) if tn + fp else 1.,
-                accuracy=(tp + tn)/t.size, hd95=hd95(t, p), auc=_auc(t, _probs(pred)))
+                accuracy=(tp + tn)/t.size, hd95=hd95(t, p), auc=auroc(_probs(pred), t))
 
 # %% ../nbs/01b_metrics.ipynb #82dea225
-_COLS = ['dice', 'jaccard', 'thresholded_jaccard', 'sensitivity', 'specificity', 'accuracy', 'hd95', 'auc']
+SCORE_COLS = ['dice', 'jaccard', 'thresholded_jaccard', 'sensitivity', 'specificity', 'accuracy', 'hd95', 'auc']
 
 def score_images(
     truths, # sequence of true masks (h, w) (a list, or an (N, h, w) array); see `isic_scores`
@@ -221,14 +226,14 @@ def score_images(
     if not len(truths) == len(preds) == len(ids):
         raise ValueError(f"score_images: {len(truths)} truths, {len(preds)} predictions and {len(ids)} ids; they must be as many.")
     rows = [isic_scores(t, p, name=str(i)) for t, p, i in zip(truths, preds, ids)]
-    return pd.DataFrame(rows, index=pd.Index(ids, name='id'), columns=_COLS)
+    return pd.DataFrame(rows, index=pd.Index(ids, name='id'), columns=SCORE_COLS)
 
 def summarize(
     df:pd.DataFrame, # a `score_images` table
 ) -> dict: # means of dice, iou, thresholded_jaccard, sensitivity, specificity, accuracy, hd95, auc; n; hd95_undefined
     "Means over images of a `score_images` table (HD95 and AUC over the images where they are defined)."
-    m = df[_COLS].mean() # pandas skips NaN
-    return dict(dice=float(m.dice), iou=float(m.jaccard), **{k: float(m[k]) for k in _COLS[2:]},
+    m = df[SCORE_COLS].mean() # pandas skips NaN
+    return dict(dice=float(m.dice), iou=float(m.jaccard), **{k: float(m[k]) for k in SCORE_COLS[2:]},
                 n=len(df), hd95_undefined=int(df.hd95.isna().sum()))
 
 def pooled_scores(

@@ -10,10 +10,10 @@ import numpy as np, pandas as pd, cv2, torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 import albumentations as A
-from .data import _draw_hairs
-from .metrics import DiceBCELoss, _flat_pair
-from .learner import train, _prepared_size, _plain
-from .helpers import to_hw, atomic_write
+from .data import draw_hairs, prepared_size
+from .metrics import DiceBCELoss, flat_pair
+from .learner import train
+from .helpers import to_hw, atomic_write, plain
 
 # %% auto #0
 __all__ = ['AUGS', 'LOSS_KEYS', 'ABLATIONS', 'SCORE_KEYS', 'HairOcclusion', 'strong_augs', 'boundary_closeness',
@@ -32,7 +32,7 @@ class HairOcclusion(A.ImageOnlyTransform):
         return dict(hair_seed=int(self.random_generator.integers(2**31)), centre=c, radius=R)
 
     def apply(self, img, hair_seed, centre, radius, **params):
-        out = _draw_hairs(img.astype(np.float32), np.random.default_rng(hair_seed), centre, radius) # none at all 40% of the time
+        out = draw_hairs(img.astype(np.float32), np.random.default_rng(hair_seed), centre, radius) # none at all 40% of the time
         return np.clip(out, 0, 255).astype(img.dtype)
 
 # %% ../nbs/04_tuned.ipynb #002c72ca
@@ -97,7 +97,7 @@ class BoundaryDiceBCELoss(DiceBCELoss):
         return max(1, round(self.boundary_width*min(hw)))
 
     def forward(self, inp:Tensor, targ:Tensor) -> Tensor:
-        x, y = _flat_pair(inp, targ, 'BoundaryDiceBCELoss')
+        x, y = flat_pair(inp, targ, 'BoundaryDiceBCELoss')
         x = x.float(); y = y.to(x.dtype) # float32 sums, as DiceBCELoss
         bce = F.binary_cross_entropy_with_logits(x, y, reduction='none') # (B, H*W)
         if self.boundary_weight:
@@ -171,7 +171,7 @@ def train_tuned(
 ) -> dict: # `train`'s summary; its `recipe` is the full recipe
     "`train` with a recipe's augmentation and loss, the recipe recorded in the checkpoint and the weights."
     r = check_recipe(tuned_recipe() if recipe is None else recipe)
-    aug, loss = recipe_parts(r, size if size is not None else _prepared_size(Path(data)), seed)
+    aug, loss = recipe_parts(r, size if size is not None else prepared_size(Path(data)), seed)
     return train(data, size=size, seed=seed, aug=aug, loss_func=loss, recipe=r, **kwargs)
 
 # %% ../nbs/04_tuned.ipynb #3c6bc8b2
@@ -288,5 +288,5 @@ def run_ablation(
         res['variants']['tuned']['change'] += f": {', '.join(v for v in sel['chosen'].values() if v) or 'nothing beat the baseline'}"
         res['selection'] = dict(sel, metric='valid per-image dice')
     else: res['selection'] = dict(chosen={}, epochs_factor=None, reason='no tuned row in this run')
-    atomic_write(out/'ablation.json', lambda t: t.write_text(json.dumps(_plain(res), indent=1)))
+    atomic_write(out/'ablation.json', lambda t: t.write_text(json.dumps(plain(res), indent=1)))
     return res

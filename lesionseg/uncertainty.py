@@ -7,12 +7,17 @@ from __future__ import annotations
 import numpy as np, torch
 from torch import nn
 import torch.nn.functional as F
-from .helpers import atomic_write
+import pandas as pd
+from pathlib import Path
+from scipy.stats import spearmanr
+from .preprocessing import read_manifest, read_mask
+from .metrics import auroc, isic_scores
+from .weights import update_weights
 
 # %% auto #0
-__all__ = ['STUDY_COLS', 'check_mc_model', 'mc_logits', 'naive_mc_logits', 'binary_entropy', 'uncertainty_maps', 'auroc',
-           'failure_auroc', 'uncertainty_error_spearman', 'calibration_bins', 'ece', 'reliability_diagram',
-           'review_threshold_for', 'uncertainty_study', 'study_table', 'calibrate_review']
+__all__ = ['STUDY_COLS', 'check_mc_model', 'mc_logits', 'naive_mc_logits', 'binary_entropy', 'uncertainty_maps', 'failure_auroc',
+           'uncertainty_error_spearman', 'calibration_bins', 'ece', 'reliability_diagram', 'review_threshold_for',
+           'uncertainty_study', 'study_table', 'calibrate_review']
 
 # %% ../nbs/04a_mc_dropout.ipynb #473de382
 def _repeat(f, n:int):
@@ -72,19 +77,6 @@ def uncertainty_maps(
     return dict(prob=mean, std=probs.std(0, unbiased=False), entropy=ent, mutual_info=mi)
 
 # %% ../nbs/04a_mc_dropout.ipynb #53b2022a
-def auroc(
-    scores, # higher means "more likely positive"
-    labels, # 1/True for positives
-) -> float: # nan when only one class is present
-    "Area under the ROC curve: the probability that a random positive scores above a random negative (ties count half)."
-    from scipy.stats import rankdata
-    s, y = np.asarray(scores, float).ravel(), np.asarray(labels).astype(bool).ravel()
-    if len(s) != len(y): raise ValueError(f"auroc: {len(s)} scores but {len(y)} labels.")
-    n1, n0 = int(y.sum()), int((~y).sum())
-    if n1 == 0 or n0 == 0: return float('nan')
-    r = rankdata(s) # average ranks: ties share theirs
-    return float((r[y].sum() - n1*(n1 + 1)/2)/(n1*n0))
-
 def failure_auroc(
     uncertainty, # one number per image (e.g. the mean uncertainty)
     jaccard, # each image's Jaccard index
@@ -98,7 +90,6 @@ def uncertainty_error_spearman(
     dice, # each image's Dice
 ) -> float:
     "Spearman rank correlation between per-image uncertainty and error (1 - Dice)."
-    from scipy.stats import spearmanr
     return float(spearmanr(uncertainty, 1 - np.asarray(dice, float)).statistic)
 
 # %% ../nbs/04a_mc_dropout.ipynb #f0a2ebbe
@@ -154,10 +145,6 @@ def uncertainty_study(
     n_bins:int=15, # bins of the calibration
 ): # (per-image DataFrame, {'deterministic': bins, 'MC Dropout xN': bins})
     "Per-image Dice/Jaccard and mean uncertainties, deterministic and with `mc` MC Dropout samples; calibration bins of both."
-    import pandas as pd
-    from pathlib import Path
-    from lesionseg.preprocessing import read_manifest, read_mask
-    from lesionseg.metrics import isic_scores
     data = Path(data); rows = read_manifest(data); rows = rows[rows.split == split]
     if limit is not None: rows = rows.head(int(limit))
     if not len(rows): raise ValueError(f"uncertainty_study: no image of split {split!r} in {data/'manifest.csv'}.")
@@ -180,7 +167,6 @@ def study_table(
     fail_below:float=0.65, # failure: Jaccard below this
 ):
     "Spearman(uncertainty, 1 - Dice), failure AUROC (Jaccard < `fail_below`) and mean of each per-image uncertainty."
-    import pandas as pd
     out = {col: dict(spearman_vs_error=uncertainty_error_spearman(df[col], df[d]),
                      failure_auroc=failure_auroc(df[col], df[j], fail_below), mean=float(df[col].mean()))
            for col, d, j in STUDY_COLS}
@@ -200,7 +186,6 @@ def calibrate_review(
 ) -> dict: # thresholds {'deterministic', 'mc'} and how they were chosen
     "Choose a trained model's review thresholds on its validation images (`review_threshold_for`) and store them in its weights."
     from lesionseg.inference import Segmenter
-    from lesionseg.learner import _read_torch, _plain
     seg = Segmenter.from_file(weights, device=device)
     df, _ = uncertainty_study(seg, data, split=split, mc=mc, bs=bs)
     out = dict(split=split, n=len(df), mc=mc, recall=recall, fail_below=fail_below)
@@ -209,8 +194,5 @@ def calibrate_review(
         rule = 'flags the share `recall` of the failures' if np.isfinite(t) else 'no failure: flags what is above every validation image'
         if not np.isfinite(t): t = float(u.max())
         out[key] = dict(threshold=t, rule=rule, failures=int((j < fail_below).sum()), flagged_share=float((u > t).mean()))
-    if write:
-        obj = _read_torch(weights)
-        obj.update(review_threshold={k: out[k]['threshold'] for k in ('deterministic', 'mc')}, review_calibration=_plain(out))
-        atomic_write(weights, lambda tmp: torch.save(obj, tmp))
+    if write: update_weights(weights, review_threshold={k: out[k]['threshold'] for k in ('deterministic', 'mc')}, review_calibration=out)
     return out

@@ -46,6 +46,7 @@ def _check_size(hw, what='input'):
 # %% ../nbs/02_unet.ipynb #c6cd7615
 class UNet(DynamicUnet):
     "fastai `DynamicUnet` on a torchvision ResNet with a Dropout2d before the 1x1 classifier; `forward(x) == classify(features(x), x.shape[-2:])`."
+    arch = 'unet' # its name in `lesionseg.weights.ARCHS` and in weights files
     def __init__(self,
         n_out:int=1, # output channels (1 logit: lesion vs background)
         img_size:int|tuple=256, # side or (h, w) of the dummy pass that sizes the decoder; multiples of 32
@@ -112,3 +113,5 @@ tiny_unet_config = dict(arch='resnet18', img_size=64, pretrained=False)
 def unet_splitter(model:UNet) -> list:
     "fastai splitter: [encoder parameters, decoder + head parameters]."
     return [params(model.encoder), params(model.layers[1:])]
+
+UNet.splitter = unet_splitter # the model's own parameter groups: `seg_learner`'s default (lesson 01e)

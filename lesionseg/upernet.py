@@ -118,6 +118,7 @@ class UPerNetDecoder(nn.Module):
 # %% ../nbs/03_swin_upernet.ipynb #5a8dff57
 class SwinUPerNet(nn.Module):
     "Swin-T encoder + UPerNet decoder + Dropout2d + 1x1 classifier; `features(x)` then `classify(fused)` equals `forward(x)`."
+    arch = 'swin-upernet' # its name in `lesionseg.weights.ARCHS` and in weights files
     def __init__(self,
         n_out:int=1, # output channels (1 logit: lesion vs background)
         img_size:int|tuple=256, # input side or (h, w), multiples of 32; fixed at creation (Swin's windows and masks)
@@ -175,3 +176,5 @@ tiny_config = dict(img_size=64, decoder_channels=32, pretrained=False, drop_path
 def swin_upernet_splitter(model:SwinUPerNet) -> list:
     "fastai splitter: [encoder parameters, decoder + head parameters]."
     return [params(model.encoder), params(model.decoder) + params(model.head)]
+
+SwinUPerNet.splitter = swin_upernet_splitter # the model's own parameter groups: `seg_learner`'s default (lesson 01e)

@@ -9,7 +9,7 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 from lesionseg.data import make_synthetic
 from lesionseg.preprocessing import prepare, split_by_hash, read_mask, binarize_mask
 from lesionseg.upernet import SwinUPerNet, tiny_config
-from lesionseg.learner import save_weights
+from lesionseg.weights import save_weights
 from lesionseg.inference import Segmenter
 from lesionseg.metrics import score_images
 from lesionseg.evaluate import evaluate, export_isic, submission_name

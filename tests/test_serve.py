@@ -11,7 +11,7 @@ from PIL import Image
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 from lesionseg.data import synth_lesion
 from lesionseg.inference import Segmenter, decode_image
-from lesionseg.learner import save_weights
+from lesionseg.weights import save_weights
 from lesionseg.serve import side_by_side
 from lesionseg.upernet import SwinUPerNet, tiny_config
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 from lesionseg.data import synth_lesion
-from lesionseg.learner import save_weights
+from lesionseg.weights import save_weights
 from lesionseg.upernet import SwinUPerNet, tiny_config
 
 sys.path.insert(0, str(Path(__file__).parent))
