@@ -1,5 +1,5 @@
 """Cost of N Monte Carlo Dropout samples relative to one deterministic forward pass:
-fast (`features` once + one batched `classify`, `lesionseg.uncertainty.mc_logits`) against the naive loop of
+fast (`features` once + one batched `classify`, `lesionseg.mc.mc_logits`) against the naive loop of
 N full forward passes (`naive_mc_logits`), measured in the same run, in interleaved rounds, for
 Swin-T+UPerNet (dropout before the classifier, the default; and on every FPN level, the earlier design)
 and UNet(ResNet-34). Runs unchanged on a GPU (warm-up, cuda synchronize).
@@ -14,7 +14,7 @@ import warnings; warnings.filterwarnings('ignore', message='.*torch.jit.script.*
 import torch
 from lesionseg.upernet import SwinUPerNet
 from lesionseg.unet import UNet
-from lesionseg.uncertainty import mc_logits, naive_mc_logits
+from lesionseg.mc import mc_logits, naive_mc_logits
 
 MODELS = {
     'swin-head': lambda s: SwinUPerNet(img_size=s, pretrained=False),  # the default config

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import os, time, uuid, warnings
 from pathlib import Path
-import numpy as np, torch
+import torch
 with warnings.catch_warnings(): # fastai 2.8.7 still calls torch.jit.script, which torch 2.14 deprecates
     warnings.simplefilter('ignore', FutureWarning)
     from fastai.callback.core import Callback, CancelFitException, CancelTrainException

@@ -11,7 +11,7 @@ import lesionseg
 from .helpers import atomic_write
 
 # %% auto #0
-__all__ = ['DEMO_CONFIG', 'UserError', 'outline', 'predict_files', 'demo', 'main']
+__all__ = ['DEMO_CONFIG', 'UserError', 'predict_files', 'demo', 'main']
 
 # %% ../nbs/07_cli.ipynb #5665c7c6
 class UserError(Exception):
@@ -49,6 +49,7 @@ def _prepare(args):
 # %% ../nbs/07_cli.ipynb #7bd23ca0
 def _train(args):
     from lesionseg.learner import train
+    from lesionseg.uncertainty import calibrate_review
     data = Path(args.data)
     if not (data/'manifest.csv').exists():
         raise UserError(f"{data}: no manifest.csv; expected a folder made by `lesionseg prepare SRC {data}`.")
@@ -69,6 +70,7 @@ def _train(args):
             raise UserError(f"--recipe {args.recipe!r}: {e}; expected 'tuned', 'baseline' or a JSON object like '{{\"aug\": \"strong\"}}'.")
         res = train_tuned(data, recipe=recipe, **kw)
     if res.get('rank'): return # one of several processes (`accelerate launch`): rank 0 reports
+    calibrate_review(Path(args.out)/'model.pth', data) # review thresholds from the validation images (lesson 04a)
     out = Path(args.out)
     print(f"\n{args.arch} trained: {json.dumps({k: v for k, v in res.items() if not isinstance(v, (dict, list))})}")
     print(f"weights: {out/'model.pth'}\nmetrics: {out/'metrics.json'}\nlog:     {out/'history.csv'}")
@@ -85,18 +87,6 @@ def _evaluate(args):
     print(f"per image: {out/'per_image.csv'}\nsummary:   {out/'summary.json'}")
 
 # %% ../nbs/07_cli.ipynb #62d4da7a
-def outline(
-    image:np.ndarray, # RGB uint8 (h, w, 3)
-    mask:np.ndarray, # (h, w), nonzero inside
-    color=(255, 214, 0), # RGB of the line
-    thickness:int|None=None, # pixels; None: about 1/256 of the longer side, at least 1
-) -> np.ndarray: # a copy of `image`
-    "The image with the boundary of `mask` drawn on it."
-    import cv2
-    t = thickness or max(1, round(max(image.shape[:2])/256))
-    cs, _ = cv2.findContours((np.asarray(mask) > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    return cv2.drawContours(np.ascontiguousarray(image).copy(), cs, -1, tuple(int(c) for c in color), t)
-
 def _writable_dir(out:Path) -> Path:
     "Create `out` if needed and prove it can be written, or raise a `UserError` that names it."
     try:
@@ -127,8 +117,8 @@ def predict_files(
     device=None, # 'cpu', 'cuda', ...; None: the best available
 ) -> tuple[list[dict], list[str]]: # (one result per image that worked, one error message per image that did not)
     "Mask, uncertainty heatmap, overlay and JSON for each image, at its original size, in `out`."
-    from lesionseg.inference import Segmenter, read_image, ImageError
-    from lesionseg.serve import heatmap, encode_png
+    from lesionseg.inference import Segmenter, read_image, ImageError, record
+    from lesionseg.viz import outline, heatmap, encode_png, overlay
     w = Path(weights)
     if not w.is_file(): raise UserError(f"weights file {w} not found; expected a model.pth written by `lesionseg train`.")
     seg, out = Segmenter.from_file(w, device=device), _writable_dir(Path(out))
@@ -142,11 +132,11 @@ def predict_files(
         atomic_write(files['uncertainty'], encode_png(heatmap(r['uncertainty'])))
         atomic_write(files['overlay'], encode_png(outline(img, r['mask'])))
         if cam:
-            from lesionseg.gradcam import gradcam, overlay
+            from lesionseg.gradcam import gradcam
             files['gradcam'] = out/f'{stem}_gradcam.png'
             atomic_write(files['gradcam'], encode_png(overlay(img, gradcam(seg, img)['cam'])))
         info = dict(image=str(path), height=img.shape[0], width=img.shape[1], weights=str(w), arch=seg.arch,
-                    **{k: r[k] for k in ('lesion_fraction', 'uncertainty_mean', 'uncertainty_max', 'review', 'mc', 'tta', 'threshold', 'postprocess')},
+                    **record(r),
                     review_threshold=seg.review_threshold(r['mc']), uncertainty_map='predictive entropy (bits)' if r['mc'] else 'none (mc=0)',
                     files={k: str(v) for k, v in files.items()})
         files['json'] = out/f'{stem}.json'; info['files']['json'] = str(files['json'])
@@ -208,10 +198,11 @@ def demo(
     from lesionseg.data import make_synthetic
     from lesionseg.preprocessing import prepare
     from lesionseg.learner import train
+    from lesionseg.uncertainty import calibrate_review
     from lesionseg.evaluate import evaluate
-    from lesionseg.inference import Segmenter, read_image
-    from lesionseg.gradcam import gradcam, overlay
-    from lesionseg.serve import heatmap
+    from lesionseg.inference import Segmenter, read_image, record
+    from lesionseg.gradcam import gradcam
+    from lesionseg.viz import outline, heatmap, overlay
     from lesionseg.metrics import isic_scores
     if arch not in DEMO_CONFIG: raise UserError(f"demo: unknown arch {arch!r}; expected one of {list(DEMO_CONFIG)}.")
     t0 = time.time()
@@ -223,6 +214,7 @@ def demo(
     run = ws.models/f'demo-{arch}-{n}-s{seed}-{size}'
     tr = train(prep, arch=arch, epochs=epochs, bs=16, out=run, seed=seed, config=DEMO_CONFIG[arch], pretrained=False,
                patience=None, progress=not quiet)
+    calibrate_review(run/'model.pth', prep)
     ev = evaluate(run/'model.pth', prep, out=out/'eval', split='test', progress=not quiet)
     seg = Segmenter.from_file(run/'model.pth')
     test = m[m['split'] == 'test'].sort_values('id').head(show)
@@ -231,8 +223,7 @@ def demo(
         img, gt = read_image(t['src_image']), (read_image(t['src_mask'])[..., 0] > 127).astype(np.uint8)
         r = seg.predict(img, mc=mc)
         sc, g = isic_scores(gt, r['mask']), gradcam(seg, img) # Grad-CAM at the library's default layer (lesson 04b)
-        rows.append(dict(id=t['id'], dice=float(sc['dice']), jaccard=float(sc['jaccard']), lesion_fraction=r['lesion_fraction'],
-                         uncertainty_mean=r['uncertainty_mean'], uncertainty_max=r['uncertainty_max'], review=r['review'],
+        rows.append(dict(id=t['id'], dice=float(sc['dice']), jaccard=float(sc['jaccard']), **record(r),
                          outlined=outline(outline(img, gt, (0, 200, 0)), r['mask']), heat=heatmap(r['uncertainty']),
                          cam=overlay(img, g['cam']), cam_layer=g['layer']))
     fig_path = out/'demo.png'

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01a_data.ipynb #71aa10de
 from __future__ import annotations
-import os, random, warnings
+import random, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, cv2
 import albumentations as A

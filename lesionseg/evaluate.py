@@ -64,13 +64,13 @@ def _score_stream(rows:pd.DataFrame, probs, threshold:float, postprocess:bool=Fa
     df = pd.DataFrame(scores, columns=PER_IMAGE_COLS)
     return df, {**summarize(df.set_index('id')), **_pooled(tp, fp, fn)}
 def score_prepared(
-    seg:Segmenter, # the model to score (lesson 03a)
+    seg:Segmenter, # the model to score (lesson 03b)
     data:str|Path, # a prepared folder (`lesionseg.preprocessing.prepare`)
     split:str='test', # which rows of the manifest
     bs:int=16, # images per forward pass
     progress:bool=True, # show a progress bar
-    tta:bool=False, # test-time augmentation: the 4 flips, each undone (lesson 03a)
-    postprocess:bool=False, # keep the largest connected component of each mask and fill its holes (lesson 03a)
+    tta:bool=False, # test-time augmentation: the 4 flips, each undone (lesson 03b)
+    postprocess:bool=False, # keep the largest connected component of each mask and fill its holes (lesson 03b)
 ) -> tuple[pd.DataFrame, dict]: # per-image scores (`PER_IMAGE_COLS`), summary (means, pooled, n)
     "Score `seg` on `split` of a prepared folder at the original resolution: per image and pooled."
     data = Path(data)

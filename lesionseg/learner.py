@@ -26,7 +26,6 @@ from .helpers import to_hw, atomic_write, plain
 from .weights import ARCHS, build_model, save_weights, load_weights, read_torch, read_checkpoint
 from .callbacks import (amp_mode, CPUMixedPrecision, CheckpointCallback, SkipQuietly, HistoryCSV, SaveBest, EarlyStop,
                                  TimeBudget)
-from .uncertainty import calibrate_review
 
 # %% auto #0
 __all__ = ['seg_learner', 'train', 'split_scores']
@@ -133,7 +132,6 @@ def train(
     aug=None, # albumentations pipeline for the training images; None: `train_augs` (lesson 01a)
     loss_func=None, # the loss; None: `DiceBCELoss()` (lesson 01b)
     recipe:dict|None=None, # plain values saying how `aug` and `loss_func` were made (lesson 04), kept in the checkpoint and weights
-    calibrate:bool=True, # choose the review thresholds on the validation images and store them in model.pth (lesson 04a)
     fp16:bool|str|None=None, # mixed precision (`seg_learner`): None = on CUDA; 'bf16' also on a CPU with native bfloat16
     budget:float|None=None, # seconds for the whole fit (training and validation, across resumes): `TimeBudget`; `epochs` is then the most
 ) -> dict: # the summary also written to out/metrics.json and stored in model.pth
@@ -201,8 +199,6 @@ def train(
                        data=str(data.absolute()), n_train=len(dls.train_ds), n_valid=len(dls.valid_ds), size=list(hw), bs=bs,
                        lr=plain(lr), seed=seed, recipe=rec, weights=str(w_p))
     save_weights(w_p, learn, arch, hw, summary=summary)
-    if calibrate: # when an image should go to a person: thresholds from this model's own held-out images
-        summary['review'] = calibrate_review(w_p, data, split='valid', device=dev)
     atomic_write(m_p, lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
     (out/'best.pth').unlink(missing_ok=True) # model.pth holds the same weights, described
     return summary

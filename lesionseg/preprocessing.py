@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_preprocessing.ipynb #51b61311
 from __future__ import annotations
-import os, re, io, shutil, hashlib, zipfile, zlib, threading, http.client
+import os, re, shutil, hashlib, zipfile, zlib, http.client
 from pathlib import Path
 from functools import partial
 from urllib.request import Request, urlopen

@@ -8,46 +8,18 @@ import base64, hashlib, logging, math, os, resource, time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Literal
-import numpy as np, cv2, torch, anyio
+import numpy as np, torch, anyio
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from uvicorn.protocols.http.h11_impl import H11Protocol
 import lesionseg
-from .inference import ImageError, MAX_PIXELS, MAX_MC as SEG_MAX_MC, Segmenter, decode_image
+from .inference import ImageError, MAX_PIXELS, MAX_MC as SEG_MAX_MC, Segmenter, decode_image, record, NUMBERS, OPTIONS
+from .viz import side_by_side, encode_png
 
 # %% auto #0
-__all__ = ['MAX_OUTPUT_PIXELS', 'MAX_ASPECT', 'PNG_MAX_SIDE', 'MAX_BYTES', 'MAX_MC', 'log', 'heatmap', 'side_by_side',
-           'encode_png', 'output_size', 'Options', 'Timing', 'Prediction', 'BodyLimit', 'create_app',
-           'GuardedH11Protocol', 'server_config', 'serve']
-
-# %% ../nbs/06_serve.ipynb #b5332301
-def heatmap(
-    u:np.ndarray, # (h, w) uncertainty, float
-    vmax:float=1.0, # the value shown in the hottest colour (1 bit: the most uncertain a binary answer can be)
-    colormap:int=cv2.COLORMAP_TURBO, # an OpenCV colormap
-) -> np.ndarray: # RGB uint8 (h, w, 3)
-    "`u` coloured on the fixed scale 0..`vmax` (low: blue, high: red), as RGB."
-    v = np.rint(np.clip(np.nan_to_num(np.asarray(u, np.float32)/vmax), 0, 1)*255).astype(np.uint8)
-    return cv2.applyColorMap(v, colormap)[..., ::-1].copy() # OpenCV colours are BGR
-
-def side_by_side(
-    mask:np.ndarray, # (h, w) 0/1
-    uncertainty:np.ndarray, # (h, w) float, in bits
-    vmax:float=1.0, # see `heatmap`
-) -> np.ndarray: # RGB uint8 (h, 2w, 3): mask | heatmap
-    "The mask (white on black) and the uncertainty heatmap next to each other, as one RGB image."
-    m = np.repeat((np.asarray(mask) > 0).astype(np.uint8)[..., None]*255, 3, axis=2)
-    return np.concatenate([m, heatmap(uncertainty, vmax)], axis=1)
-
-def encode_png(
-    img:np.ndarray, # RGB uint8 (h, w, 3), or grey (h, w)
-) -> bytes:
-    "PNG bytes of an RGB (or grey) image (converted to OpenCV's BGR here, and only here)."
-    bgr = img[..., ::-1] if img.ndim == 3 else img
-    ok, buf = cv2.imencode('.png', np.ascontiguousarray(bgr), [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok: raise RuntimeError(f"encode_png: OpenCV could not encode an array of shape {img.shape}, dtype {img.dtype}.")
-    return buf.tobytes()
+__all__ = ['MAX_OUTPUT_PIXELS', 'MAX_ASPECT', 'PNG_MAX_SIDE', 'MAX_BYTES', 'MAX_MC', 'log', 'output_size', 'Options', 'Timing',
+           'Prediction', 'BodyLimit', 'create_app', 'GuardedH11Protocol', 'server_config', 'serve']
 
 # %% ../nbs/06_serve.ipynb #11f3f64d
 _STATUS = {'size': 413, 'format': 415, 'shape': 422, 'data': 400} # ImageError.kind -> HTTP status
@@ -210,10 +182,9 @@ def _work(seg:Segmenter, upload:UploadFile, lim:dict, deadline:float, mc:int, tt
     if time.monotonic() > deadline: raise _late(lim)
     r = seg.predict(image, out['hw'], mc=mc, tta=tta, threshold=threshold, postprocess=postprocess, maps=())
     h, w = r['mask'].shape
-    res = dict(width=w, height=h, image_width=full[1], image_height=full[0], lesion_fraction=float(r['lesion_fraction']),
-               uncertainty_mean=float(r['uncertainty_mean']), uncertainty_max=float(r['uncertainty_max']), review=bool(r['review']),
-               options=dict(mc=int(r['mc']), tta=bool(r['tta']), threshold=float(r['threshold']), postprocess=bool(r['postprocess'])),
-               arch=seg.arch)
+    rec = record(r)
+    res = dict(width=w, height=h, image_width=full[1], image_height=full[0], **{k: rec[k] for k in NUMBERS},
+               options={k: rec[k] for k in OPTIONS}, arch=seg.arch)
     if as_json: res['mask_png'] = base64.b64encode(encode_png(r['mask'].astype(np.uint8)*255)).decode('ascii')
     else: res['png'] = encode_png(side_by_side(r['mask'], r['uncertainty']))
     res['inference_s'] = time.perf_counter() - t0

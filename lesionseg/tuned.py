@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy, json, math, os
 from pathlib import Path
 import numpy as np, pandas as pd, cv2, torch
-from torch import nn, Tensor
+from torch import Tensor
 import torch.nn.functional as F
 import albumentations as A
 from .data import draw_hairs, prepared_size

@@ -12,7 +12,7 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 from lesionseg.data import synth_lesion
 from lesionseg.inference import Segmenter, decode_image
 from lesionseg.weights import save_weights
-from lesionseg.serve import side_by_side
+from lesionseg.viz import side_by_side
 from lesionseg.upernet import SwinUPerNet, tiny_config
 
 MAX_BYTES, MAX_PIXELS, MAX_MC = 300_000, 4_000_000, 20
