@@ -4,19 +4,15 @@
 
 # %% ../nbs/07_cli.ipynb #3c7a1723
 from __future__ import annotations
-import argparse, json, os, sys, time
+import argparse, json, os, sys
 from pathlib import Path
-import numpy as np
 import lesionseg
-from .helpers import atomic_write
+from .helpers import UserError
 
 # %% auto #0
-__all__ = ['DEMO_CONFIG', 'UserError', 'predict_files', 'demo', 'main']
+__all__ = ['main']
 
 # %% ../nbs/07_cli.ipynb #5665c7c6
-class UserError(Exception):
-    "A problem with the command's input that the user can fix; printed without a traceback."
-
 def _user_errors():
     "Exception types that mean bad input rather than a bug."
     from lesionseg.preprocessing import PairingError
@@ -86,66 +82,9 @@ def _evaluate(args):
           f"thresholded Jaccard {s['thresholded_jaccard']:.4f}; pooled Dice {s['dice_pooled']:.4f}, IoU {s['iou_pooled']:.4f}")
     print(f"per image: {out/'per_image.csv'}\nsummary:   {out/'summary.json'}")
 
-# %% ../nbs/07_cli.ipynb #62d4da7a
-def _writable_dir(out:Path) -> Path:
-    "Create `out` if needed and prove it can be written, or raise a `UserError` that names it."
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out/f'.lesionseg-write-test-{os.getpid()}'
-        probe.write_bytes(b''); probe.unlink()
-    except OSError as e: raise UserError(f"output folder {out} cannot be written ({e.strerror or e}); choose another with --out.") from None
-    return out
-
-# %% ../nbs/07_cli.ipynb #9a77d538
-def _unique_stems(paths:list) -> list[str]:
-    "A file-name stem per input; repeated stems (same name in two folders) get -2, -3, ..."
-    seen, stems = {}, []
-    for p in paths:
-        s = Path(p).stem; seen[s] = seen.get(s, 0) + 1
-        stems.append(s if seen[s] == 1 else f'{s}-{seen[s]}')
-    return stems
-
-def predict_files(
-    images:list, # image paths
-    weights:str|Path, # a file written by `save_weights` (`lesionseg train`'s model.pth)
-    out:str|Path='predictions', # output folder (created)
-    mc:int=20, # Monte Carlo Dropout samples (0: deterministic, no uncertainty)
-    tta:bool=False, # average the 4 flips
-    threshold:float|None=None, # lesion probability threshold; None: the weights file's
-    postprocess:bool=False, # largest component, holes filled
-    cam:bool=False, # also write a Grad-CAM overlay
-    device=None, # 'cpu', 'cuda', ...; None: the best available
-) -> tuple[list[dict], list[str]]: # (one result per image that worked, one error message per image that did not)
-    "Mask, uncertainty heatmap, overlay and JSON for each image, at its original size, in `out`."
-    from lesionseg.inference import Segmenter, read_image, ImageError, record
-    from lesionseg.viz import outline, heatmap, encode_png, overlay
-    w = Path(weights)
-    if not w.is_file(): raise UserError(f"weights file {w} not found; expected a model.pth written by `lesionseg train`.")
-    seg, out = Segmenter.from_file(w, device=device), _writable_dir(Path(out))
-    results, errors = [], []
-    for path, stem in zip(images, _unique_stems(images)):
-        try: img = read_image(path)
-        except (ImageError, OSError) as e: errors.append(str(e) if str(path) in str(e) else f"{path}: {e}"); continue
-        r = seg.predict(img, mc=mc, tta=tta, threshold=threshold, postprocess=postprocess)
-        files = dict(mask=out/f'{stem}_mask.png', uncertainty=out/f'{stem}_uncertainty.png', overlay=out/f'{stem}_overlay.png')
-        atomic_write(files['mask'], encode_png(r['mask']*255))
-        atomic_write(files['uncertainty'], encode_png(heatmap(r['uncertainty'])))
-        atomic_write(files['overlay'], encode_png(outline(img, r['mask'])))
-        if cam:
-            from lesionseg.gradcam import gradcam
-            files['gradcam'] = out/f'{stem}_gradcam.png'
-            atomic_write(files['gradcam'], encode_png(overlay(img, gradcam(seg, img)['cam'])))
-        info = dict(image=str(path), height=img.shape[0], width=img.shape[1], weights=str(w), arch=seg.arch,
-                    **record(r),
-                    review_threshold=seg.review_threshold(r['mc']), uncertainty_map='predictive entropy (bits)' if r['mc'] else 'none (mc=0)',
-                    files={k: str(v) for k, v in files.items()})
-        files['json'] = out/f'{stem}.json'; info['files']['json'] = str(files['json'])
-        atomic_write(files['json'], (json.dumps(info, indent=2) + '\n').encode())
-        results.append(info)
-    return results, errors
-
 # %% ../nbs/07_cli.ipynb #6402480b
 def _predict(args):
+    from lesionseg.predict import predict_files
     res, errors = predict_files(args.images, args.weights, out=args.out, mc=args.mc, tta=args.tta, threshold=args.threshold,
                                 postprocess=args.postprocess, cam=args.gradcam)
     for r in res:
@@ -166,81 +105,11 @@ def _serve(args):
                                           'device', 'torch_threads')}
     serve(w, host=args.host, port=args.port, log_level=args.log_level, **{k: v for k, v in opts.items() if v is not None}) # unset: $LESIONSEG_<NAME>, else the default
 
-# %% ../nbs/07_cli.ipynb #01c65719
-DEMO_CONFIG = {'swin-upernet': {'decoder_channels': 64, 'drop_path_rate': 0.0}, 'unet': {'arch': 'resnet18'}}
-
-def _demo_figure(rows:list, path:Path):
-    "One row per image: ground truth and prediction outlined, the uncertainty heatmap, the Grad-CAM overlay."
-    import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(len(rows), 3, figsize=(9, 3*len(rows)), squeeze=False)
-    for ax_row, r in zip(axs, rows):
-        for ax, im, title in zip(ax_row, (r['outlined'], r['heat'], r['cam']),
-                (f"{r['id']}: Dice {r['dice']:.3f}\ngreen truth, yellow prediction", f"uncertainty (entropy, bits)\nmean {r['uncertainty_mean']:.3f}"
-                 + (' REVIEW' if r['review'] else ''), f"Grad-CAM ({r['cam_layer']} layer)")):
-            ax.imshow(im); ax.set_title(title, fontsize=9); ax.axis('off')
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80)); plt.close(fig)
-
-# %% ../nbs/07_cli.ipynb #e25f48a9
-def demo(
-    root:str|Path|None=None, # workspace root; `None`: `$LESIONSEG_ROOT` or the default
-    n:int=200, # synthetic image/mask pairs (about 80% train, 10% valid, 10% test)
-    size:int=128, # side the model is trained at
-    epochs:int=15, # training epochs
-    arch:str='swin-upernet', # 'swin-upernet' or 'unet' (small configurations: `DEMO_CONFIG`)
-    mc:int=20, # MC Dropout samples for the held-out predictions
-    show:int=4, # held-out images in the figure
-    seed:int=0, # seed of the data, the weights and the augmentations
-    quiet:bool=False, # no progress bars
-) -> dict: # what was written, and the numbers
-    "Synthetic lesions -> prepared cache -> training -> evaluation -> MC Dropout and Grad-CAM on held-out images."
-    from lesionseg.workspace import get_workspace
-    from lesionseg.data import make_synthetic
-    from lesionseg.preprocessing import prepare
-    from lesionseg.learner import train
-    from lesionseg.uncertainty import calibrate_review
-    from lesionseg.evaluate import evaluate
-    from lesionseg.inference import Segmenter, read_image, record
-    from lesionseg.gradcam import gradcam
-    from lesionseg.viz import outline, heatmap, overlay
-    from lesionseg.metrics import isic_scores
-    if arch not in DEMO_CONFIG: raise UserError(f"demo: unknown arch {arch!r}; expected one of {list(DEMO_CONFIG)}.")
-    t0 = time.time()
-    ws = get_workspace(root)
-    src = make_synthetic(ws.data/f'synthetic-{n}-s{seed}', n=n, size=256, seed=seed)
-    prep = ws.cache/f'synthetic-{n}-s{seed}-{size}'
-    m = prepare(src, prep, size=size, progress=not quiet)
-    out = _writable_dir(ws.outputs/'demo')
-    run = ws.models/f'demo-{arch}-{n}-s{seed}-{size}'
-    tr = train(prep, arch=arch, epochs=epochs, bs=16, out=run, seed=seed, config=DEMO_CONFIG[arch], pretrained=False,
-               patience=None, progress=not quiet)
-    calibrate_review(run/'model.pth', prep)
-    ev = evaluate(run/'model.pth', prep, out=out/'eval', split='test', progress=not quiet)
-    seg = Segmenter.from_file(run/'model.pth')
-    test = m[m['split'] == 'test'].sort_values('id').head(show)
-    rows = []
-    for _, t in test.iterrows():
-        img, gt = read_image(t['src_image']), (read_image(t['src_mask'])[..., 0] > 127).astype(np.uint8)
-        r = seg.predict(img, mc=mc)
-        sc, g = isic_scores(gt, r['mask']), gradcam(seg, img) # Grad-CAM at the library's default layer (lesson 04b)
-        rows.append(dict(id=t['id'], dice=float(sc['dice']), jaccard=float(sc['jaccard']), **record(r),
-                         outlined=outline(outline(img, gt, (0, 200, 0)), r['mask']), heat=heatmap(r['uncertainty']),
-                         cam=overlay(img, g['cam']), cam_layer=g['layer']))
-    fig_path = out/'demo.png'
-    _demo_figure(rows, fig_path)
-    res = dict(workspace=str(ws.root), source=str(src), prepared=str(prep), weights=str(run/'model.pth'), figure=str(fig_path),
-               evaluation=str(out/'eval'/'summary.json'), pairs=len(m), splits={k: int(v) for k, v in m['split'].value_counts().items()},
-               arch=arch, config=DEMO_CONFIG[arch], size=size, epochs=epochs, train_seconds=tr.get('seconds'),
-               test={k: ev[k] for k in ('n', 'dice', 'iou', 'thresholded_jaccard', 'dice_pooled', 'iou_pooled')}, mc=mc,
-               review_threshold=seg.review_threshold(mc),
-               shown=[{k: v for k, v in r.items() if k not in ('outlined', 'heat', 'cam')} for r in rows],
-               seconds=round(time.time() - t0, 1))
-    atomic_write(out/'demo.json', (json.dumps(res, indent=2) + '\n').encode())
-    return res
-
 # %% ../nbs/07_cli.ipynb #152ee55d
 def _demo(args):
-    import matplotlib; matplotlib.use('Agg')
+    import matplotlib
+    matplotlib.use('Agg')
+    from lesionseg.demo import demo
     r = demo(root=args.root, n=args.n, size=args.size, epochs=args.epochs, arch=args.arch, mc=args.mc, seed=args.seed, quiet=args.quiet)
     t = r['test']
     print(f"""
@@ -264,6 +133,7 @@ Next: lesionseg predict IMAGE --weights {r['weights']} --mc 20   |   lesionseg s
 
 # %% ../nbs/07_cli.ipynb #cae92689
 def _parser():
+    from lesionseg.weights import ARCHS # the registry: one list of architectures
     p = argparse.ArgumentParser(prog='lesionseg', description="Skin lesion segmentation (ISIC 2018): "
                                 "data preparation, training, evaluation, uncertainty and serving.")
     p.add_argument('--version', action='version', version=f'lesionseg {lesionseg.__version__}')
@@ -283,7 +153,7 @@ def _parser():
     q.set_defaults(func=_prepare)
     t = sub.add_parser('train', help='train a model on a prepared folder (resumes after an interruption)')
     t.add_argument('--data', required=True, help='prepared folder (from `lesionseg prepare`)')
-    t.add_argument('--arch', default='swin-upernet', choices=['swin-upernet', 'unet'])
+    t.add_argument('--arch', default='swin-upernet', choices=list(ARCHS))
     t.add_argument('--epochs', type=int, default=None, help='epochs of the one cycle (default 10; with --budget the most, default 1000)')
     t.add_argument('--budget', type=float, default=None, metavar='MINUTES',
                    help='fit the one cycle into this many minutes of training and validation (the steps that fit, measured)')
@@ -347,7 +217,7 @@ def _parser():
     m.add_argument('--n', type=int, default=200, help='synthetic image/mask pairs (default 200)')
     m.add_argument('--size', type=int, default=128, help='image side (default 128)')
     m.add_argument('--epochs', type=int, default=15, help='training epochs (default 15)')
-    m.add_argument('--arch', default='swin-upernet', choices=list(DEMO_CONFIG))
+    m.add_argument('--arch', default='swin-upernet', choices=list(ARCHS))
     m.add_argument('--mc', type=int, default=20, help='MC Dropout samples (default 20)')
     m.add_argument('--seed', type=int, default=0)
     m.add_argument('--quiet', action='store_true', help='no progress bars')

@@ -10,7 +10,7 @@ import numpy as np, cv2, torch
 from fastcore.foundation import L
 
 # %% auto #0
-__all__ = ['to_hw', 'resize_to', 'atomic_write', 'write_image', 'plain']
+__all__ = ['to_hw', 'resize_to', 'atomic_write', 'write_image', 'plain', 'UserError', 'writable_dir']
 
 # %% ../nbs/00a_helpers.ipynb #cecde953
 def to_hw(size) -> tuple[int, int]:
@@ -67,3 +67,20 @@ def plain(o):
     if isinstance(o, slice): return [o.start, o.stop]
     if o is None or isinstance(o, (str, int, float, bool)): return o
     return str(o)
+
+# %% ../nbs/00a_helpers.ipynb #2c30a668
+class UserError(Exception):
+    "A problem with the input that the user can fix; the command line prints it without a traceback."
+
+# %% ../nbs/00a_helpers.ipynb #ec7f6a5b
+def writable_dir(out) -> Path:
+    "`out` as a `Path`, created if needed and proven writable, or a `UserError` that names it."
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out/f'.lesionseg-write-test-{os.getpid()}'
+        probe.write_bytes(b'')
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output folder {out} cannot be written ({e.strerror or e}); choose another with --out.") from None
+    return out

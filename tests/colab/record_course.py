@@ -39,7 +39,8 @@ DOCS_SCALE = {
 # the lessons without a settings cell: they teach one part of the library on synthetic lesions and, where the
 # shared copy of ISIC 2018 is above the working folder (here; never in Colab), on real images; run as they are
 LIBRARY = ['00a_helpers.ipynb', '01a_data.ipynb', '01b_metrics.ipynb', '01c_weights.ipynb', '01d_callbacks.ipynb', '01e_learner.ipynb',
-           '03a_mc.ipynb', '03b_inference.ipynb', '03c_viz.ipynb', '07_cli.ipynb']
+           '03a_mc.ipynb', '03b_inference.ipynb', '03c_viz.ipynb',
+           '05a_predict.ipynb', '05b_demo.ipynb', '07_cli.ipynb']
 USES_SHARED = {'01a_data.ipynb', '01b_metrics.ipynb', '01e_learner.ipynb', '03b_inference.ipynb'} # sections on the shared real images
 ORDER = sorted([*DOCS_SCALE, *LIBRARY]) # course order is name order
 NOTE = '**The outputs on this page**'
