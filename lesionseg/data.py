@@ -19,6 +19,8 @@ with warnings.catch_warnings(): # fastai 2.8.7 still calls torch.jit.script, whi
 from fasttransform.transform import ItemTransform
 from matplotlib.colors import ListedColormap
 from .helpers import to_hw, write_image
+import torch
+import torch.utils.data as tud
 
 # %% auto #0
 __all__ = ['CODES', 'LESION_CMAP', 'draw_hairs', 'synth_lesion', 'make_synthetic', 'read_prepared', 'prepared_size', 'train_augs',
@@ -204,7 +206,6 @@ class AlbumentationsTransform(ItemTransform):
     split_idx, order = 0, 2
     def __init__(self, aug): self.aug, self._wseed = aug, None
     def _reseed_in_worker(self):
-        import torch.utils.data as tud, torch
         if tud.get_worker_info() is not None and self._wseed != (s := torch.initial_seed()):
             self.aug.set_random_seed(s % 2**32); self._wseed = s
     def encodes(self, x):

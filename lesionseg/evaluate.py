@@ -13,6 +13,7 @@ from .data import read_prepared
 from .metrics import isic_scores, summarize, auroc, SCORE_COLS
 from .inference import Segmenter, read_image, postprocess_mask, check_threshold
 from .helpers import atomic_write, resize_to
+import matplotlib.pyplot as plt
 
 # %% auto #0
 __all__ = ['PER_IMAGE_COLS', 'COMPARE_COLS', 'score_prepared', 'evaluate', 'resolution_ceiling', 'submission_name', 'export_isic',
@@ -273,7 +274,6 @@ def worst_cases(
     postprocess:bool=False, # the largest component, holes filled, as the model was scored
 ):
     "A figure of the `k` lowest-scoring images: image with true (green) and predicted (red) outlines, and the uncertainty map."
-    import matplotlib.pyplot as plt
     data = Path(data)
     per = pd.read_csv(per_image, dtype={'id': str}) if isinstance(per_image, (str, os.PathLike)) else per_image
     if by not in per.columns: raise ValueError(f"worst_cases: per_image has no column {by!r}; columns: {list(per.columns)}.")

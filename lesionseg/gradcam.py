@@ -12,6 +12,7 @@ from .inference import Segmenter, as_rgb
 from .helpers import resize_to
 from .upernet import SwinUPerNet, SwinEncoder
 from .unet import UNet
+from fastai.vision.models.unet import UnetBlock
 
 # %% auto #0
 __all__ = ['DEFAULT_CAM_LAYER', 'cam_layers', 'default_cam_layer', 'gradcam_raw', 'gradcam']
@@ -26,7 +27,6 @@ def cam_layers(model:nn.Module) -> dict: # name -> module
     if isinstance(model, SwinUPerNet):
         return dict(encoder=model.encoder, ppm=model.decoder.ppm, fuse=model.decoder.fuse, patch_embed=model.encoder.body.patch_embed)
     if isinstance(model, UNet):
-        from fastai.vision.models.unet import UnetBlock
         blocks = [l for l in model.layers if isinstance(l, UnetBlock)]
         return dict(encoder=model.encoder, decoder=blocks[-1], fuse=list(model.layers)[-4]) # [-4]: the last layer of `features`
     return {}

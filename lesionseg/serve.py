@@ -16,6 +16,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 import lesionseg
 from .inference import ImageError, MAX_PIXELS, MAX_MC as SEG_MAX_MC, Segmenter, decode_image, record, NUMBERS, OPTIONS
 from .viz import side_by_side, encode_png
+import uvicorn
 
 # %% auto #0
 __all__ = ['MAX_OUTPUT_PIXELS', 'MAX_ASPECT', 'PNG_MAX_SIDE', 'MAX_BYTES', 'MAX_MC', 'log', 'output_size', 'Options', 'Timing',
@@ -355,7 +356,6 @@ def server_config(
     max_connections:int|None=None, # open connections (more: 503 and closed at once); 200, fewer if the open-file limit is lower
 ):
     "The uvicorn configuration `serve` runs: the guarded protocol, its timeouts and its connection cap (settings from `$LESIONSEG_<NAME>` when None)."
-    import uvicorn
     header_timeout = _setting('header_timeout', header_timeout, 10.0, float)
     keep_alive, max_connections = _setting('keep_alive', keep_alive, 5.0, float), _setting('max_connections', max_connections, 200)
     if header_timeout <= 0 or keep_alive <= 0 or max_connections < 1:
@@ -376,5 +376,4 @@ def serve(
     **kwargs, # `create_app`'s settings: max_bytes, max_pixels, max_output_pixels, max_aspect, max_mc, concurrency, max_queue, request_timeout, body_timeout, device, torch_threads
 ):
     "Run the service with uvicorn until interrupted (one process; see the deployment notes for more)."
-    import uvicorn
     uvicorn.Server(server_config(create_app(weights, **kwargs), host, port, log_level, header_timeout, keep_alive, max_connections)).run()

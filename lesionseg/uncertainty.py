@@ -12,6 +12,7 @@ from .preprocessing import read_manifest, read_mask
 from .metrics import auroc, isic_scores
 from .weights import update_weights
 from .inference import Segmenter
+import matplotlib.pyplot as plt
 
 # %% auto #0
 __all__ = ['STUDY_COLS', 'failure_auroc', 'uncertainty_error_spearman', 'calibration_bins', 'ece', 'reliability_diagram',
@@ -53,7 +54,6 @@ def ece(bins:np.ndarray) -> float:
 
 def reliability_diagram(bins:np.ndarray, ax=None, label:str|None=None):
     "Plot lesion fraction against mean predicted probability per bin (`calibration_bins`), with the diagonal of perfect calibration."
-    import matplotlib.pyplot as plt
     n, sp, st = np.asarray(bins, np.float64); ok = n > 0
     if ax is None: _, ax = plt.subplots(figsize=(3, 3))
     ax.plot([0, 1], [0, 1], 'k:', lw=1)

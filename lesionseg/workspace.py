@@ -8,6 +8,7 @@ import os, sys, importlib.util
 from pathlib import Path
 from dataclasses import dataclass
 import torch
+import inspect
 
 # %% auto #0
 __all__ = ['COLAB_MOUNT', 'ENV_ROOT', 'LOCAL_ROOT', 'TRAINED_IN', 'ENV_DEVICE', 'in_colab', 'mount_drive', 'default_root',
@@ -131,7 +132,6 @@ def get_device(
 # %% ../nbs/00_setup.ipynb #a75446e8
 def plain_doc(f, *args, **kwargs):
     "Print `f`'s name, signature and docstring: `show_doc` for where nbdev is not installed."
-    import inspect
     try: sig = str(inspect.signature(f))
     except (TypeError, ValueError): sig = ''
     print(f"{getattr(f, '__qualname__', repr(f))}{sig}\n    {inspect.getdoc(f) or ''}")
