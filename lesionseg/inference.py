@@ -20,11 +20,19 @@ __all__ = ['MAX_PIXELS', 'FORMATS', 'MAX_MC', 'TTA_FLIPS', 'DEFAULT_REVIEW_THRES
            'OPTIONS', 'ImageError', 'decode_image', 'read_image', 'as_rgb', 'Segmenter', 'postprocess_mask',
            'check_threshold', 'record']
 
-# %% ../nbs/03b_inference.ipynb #692a8477
+# %% ../nbs/03b_inference.ipynb #3aafe0dc
 class ImageError(ValueError):
-    "An image that cannot be used; the message names it and says what was expected; `kind` is 'size', 'format' or 'data'."
-    def __init__(self, msg:str, kind:str='data'): super().__init__(msg); self.kind = kind
+    "An image that cannot be used; the message names it and says what was expected; `kind` says why, `status` as HTTP."
+    STATUS = {'size': 413, 'format': 415, 'shape': 422, 'data': 400} # too large, not a format read, unusable shape, bad data
+    def __init__(self, msg:str, kind:str='data'):
+        if kind not in self.STATUS: raise ValueError(f"ImageError: kind={kind!r}; expected one of {list(self.STATUS)}.")
+        super().__init__(msg)
+        self.kind = kind
 
+    @property
+    def status(self) -> int: return self.STATUS[self.kind]
+
+# %% ../nbs/03b_inference.ipynb #692a8477
 MAX_PIXELS = 50_000_000 # default limit on width x height: ISIC's largest photographs are about 30 MP
 FORMATS = ('JPEG', 'PNG', 'TIFF', 'BMP', 'WEBP', 'GIF') # Pillow's names of the formats decoded (a camera's MPO opens as JPEG)
 _ACCEPTED = "JPEG, PNG, TIFF, BMP, WebP or GIF"

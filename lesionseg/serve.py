@@ -22,13 +22,6 @@ import uvicorn
 __all__ = ['MAX_OUTPUT_PIXELS', 'MAX_ASPECT', 'PNG_MAX_SIDE', 'MAX_BYTES', 'MAX_MC', 'log', 'output_size', 'Options', 'Timing',
            'Prediction', 'BodyLimit', 'create_app', 'GuardedH11Protocol', 'server_config', 'serve']
 
-# %% ../nbs/06_serve.ipynb #11f3f64d
-_STATUS = {'size': 413, 'format': 415, 'shape': 422, 'data': 400} # ImageError.kind -> HTTP status
-
-def _image_error_status(e:ImageError) -> int:
-    "The HTTP status for one of `decode_image`'s (or `output_size`'s) refusals, from its `kind`."
-    return _STATUS.get(getattr(e, 'kind', 'data'), 400)
-
 # %% ../nbs/06_serve.ipynb #cd98b46c
 MAX_OUTPUT_PIXELS = 8_000_000 # default cap on the answer's pixels: a 3264 x 2448 photograph
 MAX_ASPECT = 10 # default: the longest side at most 10 times the shortest
@@ -178,7 +171,7 @@ def _work(seg:Segmenter, upload:UploadFile, lim:dict, deadline:float, mc:int, tt
     out = {}
     def check(hw): out['hw'] = output_size(hw, lim['max_output_pixels'], lim['max_aspect'], name, 1 if as_json else 2)
     try: image, full = decode_image(data, name=name, max_pixels=lim['max_pixels'], min_size=seg.size, check=check)
-    except ImageError as e: raise HTTPException(_image_error_status(e), str(e)) from None
+    except ImageError as e: raise HTTPException(e.status, str(e)) from None
     del data
     if time.monotonic() > deadline: raise _late(lim)
     r = seg.predict(image, out['hw'], mc=mc, tta=tta, threshold=threshold, postprocess=postprocess, maps=())
