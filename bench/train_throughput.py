@@ -2,7 +2,7 @@
 
 Run from the repository root (the GPU figure: on a CUDA machine, unchanged):
     python bench/train_throughput.py                      # both models, sizes chosen for the device
-    python bench/train_throughput.py --arch swin-upernet --size 256 --bs 64 --steps 40
+    python bench/train_throughput.py --arch swin-upernet --size 256 --bs 32 --steps 40
 
 Both ways train the same freshly initialised model (same seed), on the same prepared images (the shared ISIC
 2018 folder, prepared once at --size into a temporary cache), through the same fastai DataLoaders (albumentations
@@ -73,7 +73,7 @@ def main():
     ap.add_argument('--arch', nargs='+', default=['swin-upernet', 'unet'], choices=list(CONFIGS))
     ap.add_argument('--data', default=str(SHARED), help='source folder (ISIC naming) to prepare, or a prepared folder')
     ap.add_argument('--size', type=int, default=None, help='image side (default: 256 on CUDA, 128 on CPU)')
-    ap.add_argument('--bs', type=int, default=None, help='batch size (default: 64 on CUDA, 8 on CPU)')
+    ap.add_argument('--bs', type=int, default=None, help='batch size (default: 32 on CUDA: 48 batches must fit in one epoch of the shared images; 8 on CPU)')
     ap.add_argument('--steps', type=int, default=None, help='timed batches (default: 40 on CUDA, 8 on CPU)')
     ap.add_argument('--warmup', type=int, default=None, help='untimed batches first (default: 8 on CUDA, 2 on CPU)')
     ap.add_argument('--rounds', type=int, default=None, help='interleaved rounds (default: 3 on CUDA, 2 on CPU)')
@@ -82,7 +82,7 @@ def main():
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--out', default=None, help='JSON path (default: bench/results/train_throughput_<cuda|cpu>.json)')
     a = ap.parse_args()
-    dev, gpu = device_defaults(a, (('size', 256, 128), ('bs', 64, 8), ('steps', 40, 8), ('warmup', 8, 2), ('rounds', 3, 2)))
+    dev, gpu = device_defaults(a, (('size', 256, 128), ('bs', 32, 8), ('steps', 40, 8), ('warmup', 8, 2), ('rounds', 3, 2)))
     if a.workers is None: a.workers = min(16, len(os.sched_getaffinity(0)))
     if gpu: torch.backends.cudnn.benchmark = True
     load0 = load1()
