@@ -16,7 +16,8 @@ with warnings.catch_warnings(): # fastai 2.8.7 still calls torch.jit.script, whi
     from fastai.callback.tracker import TrackerCallback, SaveModelCallback, EarlyStoppingCallback
     from fastai.torch_core import find_bs, num_distrib, rank_distrib
 from .weights import CHECKPOINT_FORMAT
-from .helpers import atomic_write, plain
+from .helpers import atomic_write
+from .weights import plain
 
 # %% auto #0
 __all__ = ['cpu_bf16_supported', 'CPUMixedPrecision', 'amp_mode', 'CheckpointCallback', 'SkipQuietly', 'HistoryCSV', 'SaveBest',

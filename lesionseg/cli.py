@@ -133,7 +133,6 @@ Next: lesionseg predict IMAGE --weights {r['weights']} --mc 20   |   lesionseg s
 
 # %% ../nbs/07_cli.ipynb #cae92689
 def _parser():
-    from lesionseg.weights import ARCHS # the registry: one list of architectures
     p = argparse.ArgumentParser(prog='lesionseg', description="Skin lesion segmentation (ISIC 2018): "
                                 "data preparation, training, evaluation, uncertainty and serving.")
     p.add_argument('--version', action='version', version=f'lesionseg {lesionseg.__version__}')
@@ -153,7 +152,7 @@ def _parser():
     q.set_defaults(func=_prepare)
     t = sub.add_parser('train', help='train a model on a prepared folder (resumes after an interruption)')
     t.add_argument('--data', required=True, help='prepared folder (from `lesionseg prepare`)')
-    t.add_argument('--arch', default='swin-upernet', choices=list(ARCHS))
+    t.add_argument('--arch', default='swin-upernet', help="a name in the architecture registry, lesionseg.weights.ARCHS (default swin-upernet)")
     t.add_argument('--epochs', type=int, default=None, help='epochs of the one cycle (default 10; with --budget the most, default 1000)')
     t.add_argument('--budget', type=float, default=None, metavar='MINUTES',
                    help='fit the one cycle into this many minutes of training and validation (the steps that fit, measured)')
@@ -217,7 +216,7 @@ def _parser():
     m.add_argument('--n', type=int, default=200, help='synthetic image/mask pairs (default 200)')
     m.add_argument('--size', type=int, default=128, help='image side (default 128)')
     m.add_argument('--epochs', type=int, default=15, help='training epochs (default 15)')
-    m.add_argument('--arch', default='swin-upernet', choices=list(ARCHS))
+    m.add_argument('--arch', default='swin-upernet', help="a name in the architecture registry, lesionseg.weights.ARCHS (default swin-upernet)")
     m.add_argument('--mc', type=int, default=20, help='MC Dropout samples (default 20)')
     m.add_argument('--seed', type=int, default=0)
     m.add_argument('--quiet', action='store_true', help='no progress bars')

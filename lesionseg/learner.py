@@ -22,7 +22,8 @@ with warnings.catch_warnings(): # fastai 2.8.7 still calls torch.jit.script, whi
 from .metrics import DiceBCELoss, seg_metrics
 from .data import get_dls, prepared_size
 from .workspace import get_device
-from .helpers import to_hw, atomic_write, plain
+from .helpers import to_hw, atomic_write
+from .weights import plain
 from .weights import ARCHS, build_model, save_weights, load_weights, read_torch, read_checkpoint
 from .callbacks import (amp_mode, CPUMixedPrecision, CheckpointCallback, SkipQuietly, HistoryCSV, SaveBest, EarlyStop,
                                  TimeBudget)

@@ -13,7 +13,8 @@ import albumentations as A
 from .data import draw_hairs, prepared_size
 from .metrics import DiceBCELoss, flat_pair
 from .learner import train
-from .helpers import to_hw, atomic_write, plain
+from .helpers import to_hw, atomic_write
+from .weights import plain
 
 # %% auto #0
 __all__ = ['AUGS', 'LOSS_KEYS', 'ABLATIONS', 'SCORE_KEYS', 'HairOcclusion', 'strong_augs', 'boundary_closeness',

@@ -13,11 +13,12 @@ with warnings.catch_warnings(): # fastai 2.8.7 still calls torch.jit.script, whi
     from fastai.learner import Learner
     from fastai.vision.core import imagenet_stats
 import lesionseg
-from .helpers import to_hw, atomic_write, plain
+from fastcore.foundation import L
+from .helpers import to_hw, atomic_write
 
 # %% auto #0
-__all__ = ['WEIGHTS_FORMAT', 'WEIGHTS_VERSION', 'CHECKPOINT_FORMAT', 'ARCHS', 'model_class', 'build_model', 'save_weights',
-           'read_torch', 'load_weights', 'update_weights', 'read_checkpoint']
+__all__ = ['WEIGHTS_FORMAT', 'WEIGHTS_VERSION', 'CHECKPOINT_FORMAT', 'ARCHS', 'model_class', 'build_model', 'plain',
+           'save_weights', 'read_torch', 'load_weights', 'update_weights', 'read_checkpoint']
 
 # %% ../nbs/01c_weights.ipynb #df22272e
 WEIGHTS_FORMAT, WEIGHTS_VERSION = 'lesionseg-weights', 1
@@ -37,6 +38,18 @@ def build_model(
 ) -> nn.Module:
     "A fresh model of architecture `arch` from its `config`."
     return model_class(arch).from_config(config, **kwargs)
+
+# %% ../nbs/01c_weights.ipynb #aefbf601
+def plain(o):
+    "`o` with numpy numbers, tuples, paths and `L`s made plain; tensors moved to the CPU (all `weights_only` accepts)."
+    if isinstance(o, torch.Tensor): return o.detach().cpu()
+    if isinstance(o, dict): return {k: plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, L)): return [plain(v) for v in o]
+    if isinstance(o, np.ndarray): return o.tolist()
+    if isinstance(o, np.generic): return o.item()
+    if isinstance(o, slice): return [o.start, o.stop]
+    if o is None or isinstance(o, (str, int, float, bool)): return o
+    return str(o)
 
 # %% ../nbs/01c_weights.ipynb #c8fe7040
 def save_weights(
